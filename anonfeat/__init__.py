@@ -1,0 +1,30 @@
+"""anonfeat: video features from frozen encoders, without leaking who is in the videos.
+
+The Python API mirrors the CLI: `load_encoder`, `extract`, `FeatureStore`, ...
+Heavy modules (torch, decord) are imported on first use so `anonfeat --version` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_encoder": "anonfeat.encoders",
+    "list_encoders": "anonfeat.encoders",
+    "EncoderConfig": "anonfeat.encoders.config",
+    "FeatureStore": "anonfeat.store",
+    "extract": "anonfeat.extract",
+    "ExtractOptions": "anonfeat.extract",
+    "make_benchmark": "anonfeat.synth",
+    "AnonfeatError": "anonfeat.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'anonfeat' has no attribute {name!r}")

@@ -1,0 +1,61 @@
+"""`anonfeat inspect`: what a store holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from anonfeat.cli.app import app, console
+from anonfeat.cli.options import Json
+
+
+def store_summary(path: Path) -> dict:
+    """The JSON `anonfeat inspect --json` prints: encoder, per-video counts, failures."""
+    from anonfeat.store import FeatureStore
+
+    with FeatureStore(path) as store:
+        header = store.header
+        videos = {}
+        for key in store.videos():
+            record = store.read_video(key)
+            videos[key] = {"n_clips": int(record.clip_features.shape[0]), "dim": int(record.clip_features.shape[1]),
+                           "n_static": 0 if record.static_features is None else int(record.static_features.shape[0])}
+        return {
+            "encoder": {"name": header.encoder, "config": header.encoder_config.to_dict(),
+                        "checkpoint_sha256": header.checkpoint_sha256},
+            "sampling": header.sampling, "features": header.features, "dtype": header.dtype, "dim": header.dim,
+            "adapter_sha256": header.adapter_sha256 or None, "extra": header.extra,
+            "anonfeat_version": store.attrs.get("anonfeat_version"),
+            "videos": videos, "failed": store.failures(),
+        }
+
+
+@app.command("inspect")
+def inspect_command(store: Path = typer.Argument(..., help="HDF5 feature store."), as_json: bool = Json) -> None:
+    """Summarize a feature store: encoder, sampling, videos and failures."""
+    summary = store_summary(store)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    enc = summary["encoder"]
+    videos = summary["videos"]
+    table = Table(title=f"{store}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("encoder", f"{enc['name']} (dim {summary['dim']}, sha256 {enc['checkpoint_sha256'][:16]})")
+    table.add_row("features", f"{summary['features']} {summary['dtype']}"
+                  + (f", adapter {summary['adapter_sha256'][:16]}" if summary["adapter_sha256"] else ""))
+    table.add_row("sampling", ", ".join(f"{k}={v}" for k, v in summary["sampling"].items()))
+    table.add_row("videos", str(len(videos)))
+    table.add_row("clips", str(sum(v["n_clips"] for v in videos.values())))
+    table.add_row("static clips", str(sum(v["n_static"] for v in videos.values())))
+    table.add_row("failed", str(len(summary["failed"])))
+    console.print(table)
+    if summary["failed"]:
+        failures = Table("failed video", "error", title="failures")
+        for key, error in sorted(summary["failed"].items()):
+            failures.add_row(key, error)
+        console.print(failures)

@@ -1,0 +1,23 @@
+"""Flags shared by several commands, defined once so every verb spells them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+Encoder = typer.Option(None, "--encoder", "-e", help="Registry name (see `anonfeat encoders`) or "
+                       "timm:<model>; inferred from --checkpoint when omitted.")
+Checkpoint = typer.Option(None, "--checkpoint", "-c", help="Official VideoMAE .pth, Hugging Face "
+                          "directory/.safetensors, or a plain state dict.", exists=False)
+RandomInit = typer.Option(False, "--random-init", help="Use seeded random weights (tests and demos only).")
+Device = typer.Option("auto", "--device", help="auto, cpu or cuda:N.")
+BatchSize = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per forward pass.")
+Workers = typer.Option(1, "--workers", "-w", min=0, help="Decoding worker processes (0: decode in the main process).")
+Dtype = typer.Option("float16", "--dtype", help="Stored feature precision: float16 or float32.")
+Progress = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+StaticClips = typer.Option(0, "--static-clips", min=0, help="Also store N static clips per video "
+                           "(one frame repeated), needed by train-adapter and audit.")
+Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
+OptionalPath = Optional[Path]

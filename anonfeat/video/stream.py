@@ -1,0 +1,116 @@
+"""The decoding side of extraction: an IterableDataset that turns videos into clip chunks.
+
+Runs in DataLoader worker processes (videos dealt round-robin to workers) so decoding overlaps
+the model. Each video yields a `VideoStart`, then `ClipChunk`s of uint8 frames plus the index
+rows that assemble clips from them, or a `VideoFailed` that the main process records. Workers
+never hold more than one chunk of frames per video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from anonfeat.errors import VideoError
+from anonfeat.video.discover import VideoItem
+from anonfeat.video.reader import FrameReader, _first_line
+from anonfeat.video.sampling import Sampling, clip_frame_indices, static_frame_indices
+
+CLIP, STATIC = "clip", "static"
+
+
+@dataclass
+class VideoStart:
+    key: str
+    source: str
+    n_clips: int
+    n_static: int
+    clip_ranges: np.ndarray  # (n_clips, 2) first and last source frame
+    static_frames: np.ndarray  # (n_static,)
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class ClipChunk:
+    key: str
+    kind: str  # CLIP or STATIC
+    start: int  # row of the first clip of this chunk among the video's clips of that kind
+    frames: torch.Tensor  # (F, h, w, 3) uint8, the unique frames the rows refer to
+    index: torch.Tensor  # (G, clip_len) int64 positions into `frames`
+
+    def pin_memory(self) -> "ClipChunk":
+        self.frames = self.frames.pin_memory()
+        return self
+
+
+@dataclass
+class VideoFailed:
+    key: str
+    source: str
+    error: str
+
+
+Message = VideoStart | ClipChunk | VideoFailed
+
+
+def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips: int,
+               num_threads: int = 0) -> Iterator[Message]:
+    """All messages for one video; failures become a final VideoFailed instead of raising."""
+    try:
+        reader = FrameReader(item.path, input_size, sampling.resize, num_threads=num_threads)
+        info = reader.info
+        clips = clip_frame_indices(info.n_frames, sampling)
+        statics = static_frame_indices(info.n_frames, sampling.static_clips)
+        yield VideoStart(
+            key=item.key, source=str(item.path), n_clips=len(clips), n_static=len(statics),
+            clip_ranges=np.stack([clips[:, 0], clips[:, -1]], axis=1), static_frames=statics,
+            attrs={"fps": info.fps, "n_frames": info.n_frames, "height": info.height,
+                   "width": info.width, "source": str(item.path)},
+        )
+        for start in range(0, len(clips), chunk_clips):
+            frames, index = reader.frames(clips[start:start + chunk_clips])
+            yield ClipChunk(item.key, CLIP, start, torch.from_numpy(frames), torch.from_numpy(index))
+        if len(statics):
+            rows = np.repeat(statics[:, None], sampling.clip_len, axis=1)
+            frames, index = reader.frames(rows)
+            yield ClipChunk(item.key, STATIC, 0, torch.from_numpy(frames), torch.from_numpy(index))
+    except VideoError as exc:
+        yield VideoFailed(item.key, str(item.path), str(exc))
+    except Exception as exc:  # a bad video must never stop the run
+        yield VideoFailed(item.key, str(item.path), f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+class VideoClipStream(IterableDataset):
+    """Messages for many videos; each DataLoader worker takes every n-th video."""
+
+    def __init__(self, videos: Sequence[VideoItem], sampling: Sampling, input_size: int, chunk_clips: int):
+        super().__init__()
+        self.videos = list(videos)
+        self.sampling = sampling
+        self.input_size = input_size
+        self.chunk_clips = max(1, chunk_clips)
+
+    def __iter__(self) -> Iterator[Message]:
+        worker = get_worker_info()
+        videos = self.videos if worker is None else self.videos[worker.id::worker.num_workers]
+        threads = 0 if worker is None else 1  # one decode thread per worker: workers are the parallelism
+        for item in videos:
+            yield from iter_video(item, self.sampling, self.input_size, self.chunk_clips, threads)
+
+
+def to_clips(frames: torch.Tensor, index: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 frames (F, h, w, 3) + index (G, T) -> normalized clips (G, 3, T, size, size).
+
+    Centre crop and normalization run once per unique frame (on the compute device), before
+    frames are gathered into (possibly overlapping) clips.
+    """
+    _, h, w, _ = frames.shape
+    top, left = (h - size) // 2, (w - size) // 2
+    frames = frames[:, top:top + size, left:left + size]
+    normalized = (frames.to(dtype).div_(255.0) - mean.to(dtype)) / std.to(dtype)  # (F, s, s, 3)
+    return normalized[index].permute(0, 4, 1, 2, 3)  # (G, T, s, s, 3) -> (G, 3, T, s, s)
