@@ -60,7 +60,8 @@ def _load_timm_checkpoint(model: nn.Module, path: Path) -> str:
     state = _strip_prefixes(ckpt.state_dict, drop=())  # keep head.norm & co. that timm models own
     inner = model.model
     expected = inner.state_dict()
-    state = {k: v for k, v in state.items() if k in expected or not k.startswith(("fc.", "head", "classifier."))}
+    heads = ("fc.", "head", "classifier.")
+    state = {k: v for k, v in state.items() if k in expected or not k.startswith(heads)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -175,9 +175,9 @@ def infer_config(state: dict[str, torch.Tensor], hf_config: dict | None, layout:
                             "embeddings.patch_embeddings.projection.weight): not a VideoMAE encoder")
     proj = state["patch_embed.proj.weight"]
     if proj.ndim != 5:
-        raise AnonfeatError(f"checkpoint's patch_embed.proj.weight has shape {tuple(proj.shape)}, not a video "
-                            "tubelet embedding (Conv3d): not a VideoMAE encoder; for an image model pass "
-                            "--encoder timm:<model_name>")
+        raise AnonfeatError(f"checkpoint's patch_embed.proj.weight has shape {tuple(proj.shape)}, not a "
+                            "video tubelet embedding (Conv3d): not a VideoMAE encoder; for an image model "
+                            "pass --encoder timm:<model_name>")
     dim, _, tubelet, patch, _ = proj.shape
     depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     hidden = state["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * dim
