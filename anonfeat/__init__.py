@@ -19,6 +19,10 @@ _LAZY = {
     "ExtractOptions": "anonfeat.extract",
     "make_benchmark": "anonfeat.synth",
     "AnonfeatError": "anonfeat.errors",
+    "load_adapter": "anonfeat.adapter.io",
+    "sanitize_features": "anonfeat.adapter.model",
+    "train_adapter": "anonfeat.adapter.train",
+    "sanitize_store": "anonfeat.adapter.sanitize",
 }
 
 __all__ = ["__version__", *_LAZY]

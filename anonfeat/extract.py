@@ -28,7 +28,7 @@ from anonfeat.video.discover import VideoItem, find_videos
 from anonfeat.video.sampling import Sampling
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
 
-# (clip_features (n, D), static_features (m, D) | None) -> same, e.g. the anonymizing adapter.
+# (clip_features (n, D), static_features (m, D) | None) -> same: the anonymizing adapter.
 FeatureTransform = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
 
 
@@ -167,11 +167,11 @@ def sampling_for(options: ExtractOptions, clip_len_default: int) -> Sampling:
                     static_clips=options.static_clips, resize=options.resize)
 
 
-def store_header(encoder: nn.Module, sampling: Sampling, dtype: str, **extra) -> StoreHeader:
+def store_header(encoder: nn.Module, sampling: Sampling, dtype: str) -> StoreHeader:
     cfg = encoder.config
     return StoreHeader(encoder=cfg.name, encoder_config=cfg, checkpoint_sha256=encoder.checkpoint_sha256,
                        sampling={**sampling.to_dict(), "input_size": cfg.img_size}, dim=cfg.embed_dim,
-                       dtype=dtype, **extra)
+                       dtype=dtype)
 
 
 def _check_options(options: ExtractOptions) -> None:
@@ -186,13 +186,11 @@ def _check_options(options: ExtractOptions) -> None:
 
 
 def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: ExtractOptions | None = None,
-            encoder: nn.Module | None = None, transform: FeatureTransform | None = None,
-            header_extra: dict | None = None, **overrides) -> ExtractResult:
+            encoder: nn.Module | None = None, adapter: str | Path | None = None, **overrides) -> ExtractResult:
     """Extract features of every video under `source` (folder, list file, or VideoItems) into `out`.
 
-    `encoder` may be passed already loaded (the options' encoder/checkpoint are then ignored);
-    `transform` post-processes each video's features before writing (the anonymizing adapter),
-    and `header_extra` adds root attributes (e.g. features="sanitized").
+    `encoder` may be passed already loaded (the options' encoder/checkpoint are then ignored).
+    With `adapter` (a file from train-adapter) the store receives sanitized features only.
     """
     options = options or ExtractOptions()
     for name, value in overrides.items():
@@ -208,7 +206,15 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         encoder = encoder.to(device).eval()
     cfg = encoder.config
     sampling = sampling_for(options, cfg.clip_len)
-    header = store_header(encoder, sampling, options.dtype, **(header_extra or {}))
+    header = store_header(encoder, sampling, options.dtype)
+    transform = None
+    if adapter is not None:
+        from anonfeat.adapter.io import load_adapter
+        from anonfeat.adapter.sanitize import feature_transform, sanitized_header
+
+        loaded = load_adapter(adapter, device)
+        loaded.check_store(header, f"--encoder {cfg.name}")
+        header, transform = sanitized_header(header, loaded), feature_transform(loaded)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +234,16 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     return result
 
 
+def clip_loader(videos: list[VideoItem], sampling: Sampling, input_size: int, batch_size: int, workers: int,
+                device: torch.device) -> DataLoader:
+    """The decoding side of a run: messages (VideoStart, ClipChunk, VideoFailed) from `workers`
+    DataLoader processes (0: the calling process), chunks of `batch_size` clips."""
+    stream = VideoClipStream(videos, sampling, input_size, chunk_clips=batch_size)
+    workers = min(workers, len(videos))
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
 def _run(videos: list[VideoItem], encoder: nn.Module, sampling: Sampling, options: ExtractOptions,
          device: torch.device, writer: StoreWriter, result: ExtractResult,
          transform: FeatureTransform | None) -> None:
@@ -237,10 +253,7 @@ def _run(videos: list[VideoItem], encoder: nn.Module, sampling: Sampling, option
     mean = torch.tensor(cfg.mean, device=device)
     std = torch.tensor(cfg.std, device=device)
     compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    stream = VideoClipStream(videos, sampling, cfg.img_size, chunk_clips=options.batch_size)
-    workers = min(options.workers, len(videos))
-    loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    loader = clip_loader(videos, sampling, cfg.img_size, options.batch_size, options.workers, device)
     open_videos: dict[str, _VideoFeatures] = {}
     batcher = _ClipBatcher(options.batch_size)
 

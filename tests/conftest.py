@@ -12,6 +12,18 @@ from anonfeat.synth import write_video
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "real-videos"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The test models are tiny: one intra-op thread is as fast, and immune to the many-fold
+    slowdown OpenMP spin-waiting suffers when other processes share a 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def moving_frames(n_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """A textured square moving over a noisy background: every frame differs."""
     rng = np.random.default_rng(seed)

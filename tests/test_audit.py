@@ -18,15 +18,6 @@ DIM, N_VIDEOS, N_ACTIONS, ATTRIBUTES = 24, 160, 4, ("face", "gender", "skin")
 FAST = dict(seeds=2, epochs=30, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids oversubscription on small shared runners."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_store(path, attributes, actions, clip_leak=1.5, static_leak=1.5, static=True, action_signal=None,
                seed=0):
     """Store whose features are noise + signed attribute directions (+ action directions)."""

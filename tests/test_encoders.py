@@ -42,16 +42,6 @@ INFERABLE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, in
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast, and immune to the 100x slowdown
-    that OpenMP spin-waiting suffers when other processes share the (2) cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _hf_config(arch: dict, **kw):
     return transformers.VideoMAEConfig(**arch, qkv_bias=True, hidden_act="gelu", **kw)
 
@@ -611,3 +601,17 @@ def test_timm_plain_state_dict_loads_through_checkpoint(model_name, tmp_path):
     assert encoder.checkpoint_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(AnonfeatError, match="VideoMAE"):  # without the name it is no VideoMAE
         load_encoder(checkpoint=path)
+
+
+def test_bundled_demo_encoder_loads_without_flags():
+    """videomae-demo ships its weights: no --checkpoint and no --random-init needed."""
+    from anonfeat.encoders import BUNDLED_WEIGHTS
+    from anonfeat.encoders.checkpoints import file_sha256
+
+    enc = load_encoder("videomae-demo")
+    assert enc.checkpoint_sha256 == file_sha256(BUNDLED_WEIGHTS["videomae-demo"])
+    assert enc.config.img_size == 64 and enc.config.embed_dim == 128
+    random = load_encoder("videomae-demo", random_init=True)
+    x = torch.randn(2, 3, 16, 64, 64)
+    assert enc(x).shape == (2, 128)
+    assert not torch.allclose(enc(x), random(x), atol=1e-3)  # the trained weights are really used

@@ -223,3 +223,13 @@ def test_real_videos_of_people(tmp_path):
             feats = fs.clip_features(key)
             assert feats.shape[1] == 192 and np.isfinite(feats).all()
             assert fs.read_video(key).attrs["n_frames"] >= 120
+
+
+def test_framewise_timm_encoder_extracts_real_video(video_dir, tmp_path):
+    result = extract([_item(video_dir, "a.mp4")], tmp_path / "timm.h5",
+                     options(encoder="timm:test_vit", clip_len=4, frame_stride=4, clip_stride=None, static_clips=1))
+    assert result.exit_code == 0
+    with FeatureStore(tmp_path / "timm.h5") as fs:
+        assert fs.header.encoder == "timm:test_vit"
+        feats = fs.clip_features("a.mp4")
+        assert feats.shape == (2, fs.header.dim) and np.isfinite(feats).all()

@@ -40,12 +40,7 @@ def extract_command(
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress)
-    extra = {}
-    if adapter is not None:
-        from anonfeat.adapter import adapter_extract_hooks  # provided by the adapter module
-
-        extra = adapter_extract_hooks(adapter)
-    result = extract(videos, out, options, **extra)
+    result = extract(videos, out, options, adapter=adapter)
     console.print(f"[bold]{out}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
     for key, error in sorted(result.failed.items()):

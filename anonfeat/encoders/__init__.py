@@ -15,6 +15,9 @@ from torch import nn
 from anonfeat.encoders.config import REGISTRY, TIMM_PREFIX, EncoderConfig, get_config
 from anonfeat.errors import AnonfeatError
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# Registry entries whose weights ship with anonfeat (used when no --checkpoint is given).
+BUNDLED_WEIGHTS = {"videomae-demo": ASSETS / "videomae-demo.safetensors"}
 RANDOM_INIT_SEED = 0
 RANDOM_INIT_SHA = "random-init-seed-0"
 
@@ -82,6 +85,8 @@ def load_encoder(name: str | None = None, checkpoint: str | Path | None = None,
         checkpoint when omitted. checkpoint: official .pth, Hugging Face dir/.safetensors or a
         plain state dict. random_init: allow seeded random weights (tests and the demo).
     """
+    if checkpoint is None and not random_init and name in BUNDLED_WEIGHTS and BUNDLED_WEIGHTS[name].is_file():
+        checkpoint = BUNDLED_WEIGHTS[name]
     if checkpoint is None and not random_init:
         raise AnonfeatError("no encoder weights: pass --checkpoint PATH (official .pth, Hugging Face "
                             "directory or .safetensors), or --random-init for random weights (tests/demo)")

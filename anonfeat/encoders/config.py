@@ -98,6 +98,8 @@ REGISTRY: dict[str, EncoderConfig] = {
     cfg.name: cfg
     for cfg in (
         _videomae("videomae-tiny", 192, 4, 3, img_size=112),
+        # Trained on `anonfeat synth` data by examples/train_demo_encoder.py; weights ship with the package.
+        _videomae("videomae-demo", 128, 4, 4, img_size=64),
         _videomae("videomae-s", 384, 12, 6),
         _videomae("videomae-b", 768, 12, 12),
         _videomae("videomae-l", 1024, 24, 16),

@@ -1,0 +1,53 @@
+"""Loss functions of adapter (and pruner) training: pure functions of tensors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SimCLR's NT-Xent over a batch: row i of `view_a` and of `view_b` are positives, every other
+    row of either view is a negative; cosine similarity. Low when same-video pairs are recognizable.
+
+    The adapter MAXIMIZES it: features of two clips of one video should not identify each other.
+    """
+    n = view_a.shape[0]
+    z = F.normalize(torch.cat([view_a, view_b]).float(), dim=-1)
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def nt_xent_chance(batch_size: int) -> float:
+    """NT-Xent when positives are no more similar than negatives: log(2N - 1)."""
+    return math.log(max(2 * batch_size - 1, 1))
+
+
+def latent_consistency(sanitized: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """L_LC = ||h - f_A(h)||^2 (mean squared error): keeps what no loss asks to remove."""
+    return F.mse_loss(sanitized.float(), raw.float())
+
+
+class _GradientReversal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.weight * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """Identity forward; gradient multiplied by -weight backward (adversarial privacy heads)."""
+    return _GradientReversal.apply(x, weight)
+
+
+def grl_weight(progress: float) -> float:
+    """DANN schedule 2 / (1 + exp(-10 p)) - 1, p the fraction of training done: 0 -> 1."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0

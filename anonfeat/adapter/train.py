@@ -1,0 +1,334 @@
+"""Training the Anonymizing Adapter Module on features cached in a store.
+
+Loss (DESIGN.md section 1, extended where the probe showed the paper's form falls short):
+    L = w_lc * MSE(f_A(h), h) + w_t * sum_task CE(head_task(f_A(h)), y) - w_b * privacy
+    privacy = NT-Xent(f_A(s1), f_A(s2))                  static clips of one video (paper)
+            + NT-Xent(f_A(c_a), f_A(c_b))                two motion clips of one video (clip pairs)
+            + NT-Xent(f_A(s1), f_A(c_a))                 a static and a motion clip of one video
+    optional supervised term: BCE of attribute heads through gradient reversal (--privacy-loss).
+All terms are computed on standardized features (train statistics, stored with the adapter).
+Heads are warmed up on raw features first, then trained jointly with the adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anonfeat.adapter.data import VideoFeatures, read_training_features
+from anonfeat.adapter.io import save_adapter
+from anonfeat.adapter.losses import grl_weight, latent_consistency, nt_xent, reverse_gradient
+from anonfeat.adapter.model import AnonymizingAdapter, pad_sequences
+from anonfeat.adapter.options import AdapterTrainOptions
+from anonfeat.device import autocast, resolve_device
+from anonfeat.errors import AnonfeatError
+from anonfeat.labels import load_labels
+
+@dataclass
+class TrainReport:
+    adapter: Path
+    train_videos: int
+    val_videos: int
+    unmatched_labels: int
+    unmatched_store: int
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _split_validation(data: VideoFeatures, fraction: float, seed: int) -> tuple[VideoFeatures, VideoFeatures | None]:
+    """Hold out a seeded part of the train videos to report validation utility and privacy."""
+    n_val = int(round(len(data) * fraction))
+    if n_val < 2 or len(data) - n_val < 2:
+        return data, None
+    order = np.random.default_rng(seed).permutation(len(data))
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+
+
+def _statistics(data: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.cat([*data.clips, *data.statics])
+    return rows.mean(0), rows.std(0)
+
+
+class _Batch:
+    """One step's tensors: padded clip windows, two static clips and two clip positions per video."""
+
+    def __init__(self, data: VideoFeatures, index: list[int], max_clips: int, rng: random.Random,
+                 device: torch.device):
+        windows = []
+        for i in index:
+            clips = data.clips[i]
+            start = rng.randrange(0, len(clips) - max_clips + 1) if len(clips) > max_clips else 0
+            windows.append(clips[start:start + max_clips])
+        padded, valid = pad_sequences(windows)
+        lengths = [len(w) for w in windows]
+        pos_a = [rng.randrange(n) for n in lengths]
+        pos_b = [rng.choice([p for p in range(n) if p != a]) if n > 1 else a for n, a in zip(lengths, pos_a)]
+        s1, s2 = [], []
+        for i in index:
+            statics = data.statics[i]
+            a = rng.randrange(len(statics))
+            b = rng.choice([p for p in range(len(statics)) if p != a]) if len(statics) > 1 else a
+            s1.append(statics[a])
+            s2.append(statics[b])
+        self.clips, self.valid = padded.to(device), valid.to(device)
+        self.pos_a = torch.tensor(pos_a, device=device)
+        self.pos_b = torch.tensor(pos_b, device=device)
+        self.has_pair = torch.tensor([n > 1 for n in lengths], device=device)
+        self.static = torch.stack([torch.stack(s1), torch.stack(s2)], dim=1).to(device)  # (B, 2, D)
+        idx = torch.tensor(index)
+        self.targets = {t: v[idx].to(device) for t, v in data.task_targets.items()}
+        self.attributes = data.attributes[idx].to(device)
+
+
+class AdapterTrainer:
+    """Holds the adapter, the utility heads and the optional privacy head; one `step` per batch."""
+
+    def __init__(self, data: VideoFeatures, options: AdapterTrainOptions, device: torch.device):
+        dim = data.header.dim
+        if dim % options.heads:
+            raise AnonfeatError(f"--heads {options.heads} does not divide the feature dim {dim}")
+        self.options, self.device = options, device
+        self.adapter = AnonymizingAdapter(dim, options.depth, options.heads, options.mlp_ratio)
+        self.adapter.set_statistics(*_statistics(data))
+        self.heads = nn.ModuleDict({t: nn.Linear(dim, len(c)) for t, c in data.task_classes.items()})
+        n_attr = data.attributes.shape[1]
+        self.use_attributes = options.privacy_loss in ("attributes", "both")
+        if self.use_attributes and n_attr == 0:
+            raise AnonfeatError("--privacy-loss attributes needs attribute columns in --labels")
+        self.privacy_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, max(n_attr, 1)))
+        for module in (self.adapter, self.heads, self.privacy_head):
+            module.to(device)
+
+    def losses(self, batch: _Batch, progress: float, warmup: bool) -> dict[str, torch.Tensor]:
+        o = self.options
+        adapter = self.adapter
+        z_in = adapter.standardize(batch.clips)
+        s_in = adapter.standardize(batch.static)  # (B, 2, D)
+        if warmup:  # heads only, on raw (standardized) features
+            return {"task": self._task_loss(z_in, batch), "total_only_task": torch.zeros((), device=self.device)}
+        z_out = adapter.forward_standardized(z_in, batch.valid)
+        s_out = adapter.forward_standardized(s_in.reshape(-1, 1, s_in.shape[-1])).reshape(s_in.shape)
+        valid = batch.valid
+        terms = {
+            "lc": latent_consistency(z_out[valid], z_in[valid]) + latent_consistency(s_out, s_in),
+            "task": self._task_loss(z_out, batch),
+        }
+        privacy = torch.zeros((), device=self.device)
+        if o.privacy_loss in ("ntxent", "both"):
+            rows = torch.arange(len(z_out), device=self.device)
+            clip_a, clip_b = z_out[rows, batch.pos_a], z_out[rows, batch.pos_b]
+            privacy = nt_xent(s_out[:, 0], s_out[:, 1], o.temperature)
+            if o.pairs == "all":
+                paired = batch.has_pair
+                if int(paired.sum()) >= 2:
+                    privacy = privacy + nt_xent(clip_a[paired], clip_b[paired], o.temperature)
+                privacy = privacy + nt_xent(s_out[:, 0], clip_a, o.temperature)
+        terms["ntxent"] = privacy
+        if self.use_attributes:
+            weight = grl_weight(progress)
+            video_repr = torch.cat([_masked_mean(z_out, valid), s_out[:, 0]])
+            logits = self.privacy_head(reverse_gradient(video_repr, weight))
+            terms["attr"] = F.binary_cross_entropy_with_logits(logits, batch.attributes.repeat(2, 1))
+        return terms
+
+    def _task_loss(self, z: torch.Tensor, batch: _Batch) -> torch.Tensor:
+        valid = batch.valid
+        total = torch.zeros((), device=self.device)
+        for task, head in self.heads.items():
+            targets = batch.targets[task][:, None].expand(valid.shape)[valid]
+            total = total + F.cross_entropy(head(z[valid]), targets)
+        return total
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        o = self.options
+        if "total_only_task" in terms:
+            return terms["task"]
+        loss = o.w_lc * terms["lc"] + o.w_t * terms["task"] - o.w_b * terms["ntxent"]
+        if "attr" in terms:
+            loss = loss + o.w_attr * terms["attr"]
+        return loss
+
+
+def _masked_mean(z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    weights = valid.to(z.dtype)[..., None]
+    return (z * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist()
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:  # NT-Xent needs at least two videos
+        batches[-2].extend(batches.pop())
+    return batches
+
+
+def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions,
+                val: VideoFeatures | None = None) -> tuple[AdapterTrainer, list[dict]]:
+    """Warm up the heads, then train adapter and heads jointly; returns the trainer and loss history."""
+    options.validate()
+    device = resolve_device(options.device)
+    generator = _seed_everything(options.seed)
+    rng = random.Random(options.seed)
+    trainer = AdapterTrainer(data, options, device)
+    warm_opt = torch.optim.AdamW(trainer.heads.parameters(), lr=options.lr)
+    params = [*trainer.adapter.parameters(), *trainer.heads.parameters(), *trainer.privacy_head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / options.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, options.epochs * steps_per_epoch))
+    history: list[dict] = []
+    total_epochs = options.warmup_epochs + options.epochs
+    with _TrainProgress(total_epochs, options.progress) as bar:
+        for epoch in range(total_epochs):
+            warmup = epoch < options.warmup_epochs
+            sums: dict[str, float] = {}
+            batches = _batches(len(data), options.batch_size, generator)
+            for step, index in enumerate(batches):
+                batch = _Batch(data, index, options.max_clips, rng, device)
+                progress = (epoch - options.warmup_epochs + step / len(batches)) / options.epochs
+                trainer.adapter.train(not warmup)
+                with autocast(device):
+                    terms = trainer.losses(batch, max(progress, 0.0), warmup)
+                    loss = trainer.total(terms)
+                opt = warm_opt if warmup else optimizer
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if not warmup:
+                    scheduler.step()
+                for name, value in terms.items():
+                    if name != "total_only_task":
+                        sums[name] = sums.get(name, 0.0) + float(value.detach()) / len(batches)
+            record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "joint", **sums}
+            history.append(record)
+            bar.update(record)
+    trainer.adapter.eval()
+    return trainer, history
+
+
+class _TrainProgress:
+    def __init__(self, total: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]train-adapter"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("epochs {task.fields[terms]}"), TimeRemainingColumn())
+            self._task = self._bar.add_task("train", total=total, terms="")
+
+    def __enter__(self):
+        if self.enabled:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+    def update(self, record: dict) -> None:
+        if self.enabled:
+            terms = " ".join(f"{k}={v:.3f}" for k, v in record.items() if k not in ("epoch", "phase"))
+            self._bar.update(self._task, advance=1, terms=f"[{record['phase']}] {terms}")
+
+
+@torch.no_grad()
+def utility_accuracy(trainer: AdapterTrainer, data: VideoFeatures, sanitized: bool = True) -> dict[str, float]:
+    """Video-level top-1 of the trained heads (mean clip logits), on sanitized or raw features."""
+    adapter = trainer.adapter
+    out: dict[str, float] = {}
+    padded, valid = pad_sequences(data.clips)
+    z = adapter.standardize(padded.to(trainer.device))
+    valid = valid.to(trainer.device)
+    if sanitized:
+        z = adapter.forward_standardized(z, valid)
+    for task, head in trainer.heads.items():
+        logits = _masked_mean(head(z), valid)
+        out[task] = float((logits.argmax(1).cpu() == data.task_targets[task]).float().mean())
+    return out
+
+
+def quick_privacy_probe(trainer: AdapterTrainer, fit: VideoFeatures, val: VideoFeatures, epochs: int = 60,
+                        seed: int = 0) -> dict[str, float]:
+    """cMAP of a fresh MLP attacker (raw vs sanitized static clips and clip means), fitted on the
+    training videos and scored on the held-out validation videos. A quick look, not the audit."""
+    from anonfeat.audit.metrics import cmap
+
+    if fit.attributes.shape[1] == 0:
+        return {}
+    adapter = trainer.adapter
+    results = {}
+    for view in ("static", "clip"):
+        for sanitized in (False, True):
+            x_fit, x_val = (_probe_inputs(adapter, d, view, sanitized, trainer.device) for d in (fit, val))
+            torch.manual_seed(seed)
+            dim, k = x_fit.shape[1], fit.attributes.shape[1]
+            attacker = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, k)).to(trainer.device)
+            optimizer = torch.optim.AdamW(attacker.parameters(), lr=1e-3)
+            y_fit = fit.attributes.to(trainer.device)
+            for _ in range(epochs):
+                loss = F.binary_cross_entropy_with_logits(attacker(x_fit), y_fit)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                scores = attacker(x_val).cpu().numpy()
+            results[f"{view}_cmap_{'sanitized' if sanitized else 'raw'}"] = cmap(val.attributes.numpy(), scores)
+    return results
+
+
+@torch.no_grad()
+def _probe_inputs(adapter: AnonymizingAdapter, data: VideoFeatures, view: str, sanitized: bool,
+                  device: torch.device) -> torch.Tensor:
+    if view == "static":
+        x = torch.stack([s.mean(0) if not sanitized else adapter(s.to(device)[:, None])[:, 0].mean(0).cpu()
+                         for s in data.statics])
+    else:
+        padded, valid = pad_sequences(data.clips)
+        padded, valid = padded.to(device), valid.to(device)
+        out = adapter(padded, valid) if sanitized else padded
+        x = _masked_mean(out, valid).cpu()
+    return adapter.standardize(x.to(device))
+
+
+def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
+                  options: AdapterTrainOptions | None = None, **overrides) -> TrainReport:
+    """`anonfeat train-adapter`: fit on the train split of `labels`, write the adapter to `out`."""
+    options = options or AdapterTrainOptions()
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    options.validate()
+    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed)
+    data = read_training_features(store, label_set, split="train")
+    fit, val = _split_validation(data, options.val_fraction, options.seed)
+    trainer, history = fit_adapter(fit, options, val)
+    metrics = {"train_top1": utility_accuracy(trainer, fit), "train_top1_raw": utility_accuracy(trainer, fit, False)}
+    if val is not None:
+        metrics["val_top1"] = utility_accuracy(trainer, val)
+        metrics["val_top1_raw"] = utility_accuracy(trainer, val, False)
+        metrics["privacy_probe"] = quick_privacy_probe(trainer, fit, val, seed=options.seed)
+    header = data.header
+    config = {
+        "encoder": {"name": header.encoder, "checkpoint_sha256": header.checkpoint_sha256,
+                    "config": header.encoder_config.to_dict()},
+        "store_sampling": header.sampling,
+        "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device")},
+        "metrics": metrics,
+        "final_losses": history[-1] if history else {},
+    }
+    path = save_adapter(trainer.adapter.cpu(), out, config)
+    return TrainReport(adapter=path, train_videos=len(fit), val_videos=0 if val is None else len(val),
+                       unmatched_labels=data.unmatched_labels, unmatched_store=data.unmatched_store,
+                       history=history, metrics=metrics)

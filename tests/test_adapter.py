@@ -1,0 +1,193 @@
+"""The Anonymizing Adapter: identity at init, batch independence, losses, training, sanitizing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from anonfeat.adapter.io import load_adapter, save_adapter
+from anonfeat.adapter.losses import grl_weight, nt_xent, reverse_gradient
+from anonfeat.adapter.model import AnonymizingAdapter, sanitize_features
+from anonfeat.adapter.sanitize import sanitize_store
+from anonfeat.adapter.train import AdapterTrainOptions, train_adapter
+from anonfeat.errors import AnonfeatError
+from anonfeat.extract import ExtractOptions, extract
+from anonfeat.store import FeatureStore
+from anonfeat.synth import make_benchmark
+
+
+def randomized(adapter: AnonymizingAdapter) -> AnonymizingAdapter:
+    torch.manual_seed(1)
+    for block in adapter.blocks:
+        for p in block.parameters():
+            p.data.normal_(0, 0.2)
+    return adapter
+
+
+def test_adapter_is_exactly_identity_at_init():
+    adapter = AnonymizingAdapter(64, depth=3, num_heads=8)
+    adapter.set_statistics(torch.full((64,), 0.5), torch.full((64,), 2.0))
+    x = torch.randn(3, 7, 64) * 5
+    assert torch.equal(sanitize_features(adapter, x), x)
+
+
+def test_video_alone_equals_video_in_a_padded_batch():
+    adapter = randomized(AnonymizingAdapter(32, depth=2, num_heads=4))
+    video = torch.randn(5, 32)
+    others = [torch.randn(9, 32), torch.randn(1, 32)]
+    alone = sanitize_features(adapter, video)
+    for batch in ([others[0], video, others[1]], [video, others[1]]):
+        inside = sanitize_features(adapter, batch)[[id(b) for b in batch].index(id(video))]
+        torch.testing.assert_close(inside, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone, video)  # the randomized adapter really changes features
+
+
+def test_static_clips_are_sanitized_each_alone():
+    adapter = randomized(AnonymizingAdapter(16, depth=1, num_heads=2))
+    statics = torch.randn(4, 16)
+    together = sanitize_features(adapter, statics, static=True)
+    for i in range(4):
+        torch.testing.assert_close(together[i], sanitize_features(adapter, statics[i:i + 1])[0], atol=1e-6, rtol=0)
+
+
+def test_nt_xent_is_low_for_recognizable_pairs_and_reverse_gradient_flips():
+    a = torch.randn(16, 8)
+    assert nt_xent(a, a + 0.01 * torch.randn_like(a)) < nt_xent(a, torch.randn(16, 8)) - 1
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+    assert grl_weight(0.0) == 0.0 and 0.99 < grl_weight(1.0) < 1.0
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A small synth benchmark extracted for real: raw store with static clips, and its labels."""
+    root = tmp_path_factory.mktemp("adapter")
+    labels = make_benchmark(root / "bench", n_videos=20, size=(64, 64), n_frames=24, seed=3)
+    opts = ExtractOptions(encoder="videomae-tiny", random_init=True, frame_stride=1, clip_stride=4, static_clips=2,
+                          workers=0, device="cpu", dtype="float32", progress=False, batch_size=16)
+    raw = root / "raw.h5"
+    assert extract(root / "bench" / "videos", raw, opts).exit_code == 0
+    return root, labels, raw, opts
+
+
+def quick(**kw) -> AdapterTrainOptions:
+    base = dict(epochs=3, warmup_epochs=1, batch_size=4, device="cpu", progress=False, heads=4, depth=2)
+    base.update(kw)
+    return AdapterTrainOptions(**base)
+
+
+def test_train_adapter_writes_a_self_describing_file(bench):
+    root, labels, raw, _ = bench
+    report = train_adapter(raw, labels, root / "a.safetensors", quick())
+    n_train = sum(line.split(",")[1] == "train" for line in labels.read_text().splitlines()[1:])
+    assert report.train_videos + report.val_videos == n_train < 20  # the train split only
+    assert report.val_videos >= 2
+    loaded = load_adapter(report.adapter)
+    cfg = loaded.config
+    assert cfg["encoder"]["name"] == "videomae-tiny" and cfg["dim"] == 192
+    assert cfg["training"]["w_lc"] == 1.0 and cfg["training"]["privacy_loss"] == "ntxent"
+    assert set(cfg["metrics"]) >= {"train_top1", "val_top1", "privacy_probe"}
+    assert set(report.history[-1]) >= {"lc", "task", "ntxent"}
+    # the adapter moved away from the identity
+    x = torch.randn(3, 192)
+    assert not torch.allclose(sanitize_features(loaded.model, x), x)
+
+
+def test_training_is_deterministic_for_a_seed(bench):
+    root, labels, raw, _ = bench
+    a = load_adapter(train_adapter(raw, labels, root / "s1.safetensors", quick(seed=5)).adapter).model.state_dict()
+    b = load_adapter(train_adapter(raw, labels, root / "s2.safetensors", quick(seed=5)).adapter).model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_supervised_privacy_loss_runs(bench):
+    root, labels, raw, _ = bench
+    report = train_adapter(raw, labels, root / "attr.safetensors", quick(privacy_loss="both"))
+    assert "attr" in report.history[-1]
+
+
+def test_sanitize_and_extract_with_adapter_agree_and_leak_no_raw_features(bench):
+    root, labels, raw, opts = bench
+    adapter = train_adapter(raw, labels, root / "b.safetensors", quick()).adapter
+    sanitized = root / "sanitized.h5"
+    sanitize_store(raw, adapter, sanitized, progress=False)
+    direct = root / "direct.h5"
+    assert extract(root / "bench" / "videos", direct, opts, adapter=adapter).exit_code == 0
+    with FeatureStore(raw) as r, FeatureStore(sanitized) as s, FeatureStore(direct) as d:
+        assert s.header.features == "sanitized" and s.header.adapter_sha256 == load_adapter(adapter).sha256
+        assert d.header.to_attrs() == s.header.to_attrs()
+        assert s.videos() == r.videos() == d.videos()
+        for key in r.videos():
+            np.testing.assert_allclose(s.clip_features(key), d.clip_features(key), atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(s.static_features(key), d.static_features(key), atol=1e-4, rtol=1e-4)
+            assert not np.allclose(s.clip_features(key), r.clip_features(key), atol=1e-3)
+            assert not np.allclose(s.static_features(key), r.static_features(key), atol=1e-3)
+    with h5py.File(sanitized) as f:  # no dataset of the sanitized store equals a raw one
+        raw_file = h5py.File(raw)
+        def check(name, obj):
+            if isinstance(obj, h5py.Dataset) and "features" in name:
+                assert not np.array_equal(obj[()], raw_file[name][()]), name
+        f.visititems(check)
+        raw_file.close()
+
+
+def test_sanitize_refuses_the_raw_path_and_foreign_stores(bench, tmp_path):
+    root, labels, raw, opts = bench
+    adapter = train_adapter(raw, labels, root / "c.safetensors", quick()).adapter
+    with pytest.raises(AnonfeatError, match="raw store itself"):
+        sanitize_store(raw, adapter, raw, progress=False)
+    other = tmp_path / "other.h5"  # features of another encoder (different weights)
+    from anonfeat.encoders import build_encoder, get_config
+
+    enc = build_encoder(get_config("videomae-tiny"), seed=1)
+    enc.checkpoint_sha256 = "another-checkpoint"
+    extract(root / "bench" / "videos", other, opts, encoder=enc)
+    with pytest.raises(AnonfeatError, match="do not fit adapter"):
+        sanitize_store(other, adapter, tmp_path / "x.h5", progress=False)
+    with pytest.raises(AnonfeatError, match="do not fit adapter"):
+        extract(root / "bench" / "videos", tmp_path / "y.h5", opts, encoder=enc, adapter=adapter)
+
+
+def test_store_without_static_clips_is_refused(bench, tmp_path):
+    root, labels, raw, opts = bench
+    no_static = tmp_path / "nostatic.h5"
+    extract(root / "bench" / "videos", no_static, ExtractOptions(**{**opts.__dict__, "static_clips": 0}))
+    with pytest.raises(AnonfeatError, match="--static-clips"):
+        train_adapter(no_static, labels, tmp_path / "n.safetensors", quick())
+
+
+def test_adapter_file_with_wrong_shapes_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    good = save_adapter(AnonymizingAdapter(16, 1, 2), tmp_path / "good.safetensors", {"encoder": {}})
+    meta = {"anonfeat_adapter": json.dumps({"dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0})}
+    state = AnonymizingAdapter(16, 1, 2).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bad.safetensors"), metadata=meta)
+    assert load_adapter(good).config["dim"] == 16
+    with pytest.raises(AnonfeatError, match=r"do not fit its config: .*qkv.weight \(48, 16\) vs \(96, 32\)"):
+        load_adapter(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(AnonfeatError, match="not a readable adapter"):
+        load_adapter(tmp_path / "junk.safetensors")
+
+
+def test_cli_train_adapter_and_sanitize(bench, tmp_path):
+    root, labels, raw, _ = bench
+    adapter = tmp_path / "cli.safetensors"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "anonfeat", *a], capture_output=True, text=True, timeout=300)
+    proc = run("train-adapter", str(raw), "--labels", str(labels), "--out", str(adapter), "--epochs", "2",
+               "--warmup-epochs", "1", "--batch-size", "4", "--heads", "4", "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "utility top-1" in proc.stdout and adapter.is_file()
+    proc = run("sanitize", str(raw), "--adapter", str(adapter), "--out", str(raw), "--no-progress")
+    assert proc.returncode == 2 and "raw store itself" in proc.stderr
+    proc = run("sanitize", str(raw), "--adapter", str(adapter), "--out", str(tmp_path / "s.h5"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
