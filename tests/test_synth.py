@@ -175,3 +175,15 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         write_video(tmp_path / "x.mp4", frames.astype(np.float32), 24.0)
     with pytest.raises(ValueError):
         render_video("dance", NONE)
+
+
+def test_synth_cli_writes_benchmark(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "anonfeat", "synth", str(tmp_path / "b"), "--videos", "5",
+                           "--size", "48", "--frames", "8", "--seed", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "b" / "labels.csv").read_text().splitlines()
+    assert lines[0] == "video,split,action,dark_skin,striped_shirt,long_hair,hat" and len(lines) == 6
+    assert len(list((tmp_path / "b" / "videos").rglob("*.mp4"))) == 5
