@@ -1,0 +1,629 @@
+"""`anonfeat bench`: how fast extraction is, where the time goes, and how much memory it takes.
+
+Everything is measured in one process on generated videos (a panning texture with a moving square,
+H.264 with a keyframe every 2 s), with the same encoder, batch size and sampling for every figure:
+
+- decode_cps:   the real decoding path alone (`clip_loader` workers + `to_clips` on the device);
+- encode_cps:   the encoder alone on ready, normalized clip batches;
+- e2e_cps:      `anonfeat.extract.extract` into a fresh HDF5 store;
+- naive_cps:    the way common extraction scripts work: one video at a time, each clip decoded on its
+                own at full resolution (decord `get_batch`, which seeks), resized with
+                `F.interpolate`, one clip per fp32 forward pass, each feature written as it comes;
+- sanitize_cps: the anonymizing adapter (random weights) over the features cached in the e2e store,
+                many videos per padded forward pass as `anonfeat sanitize` does (one video per pass,
+                as `extract --adapter` does, is reported as sanitize_per_video_cps);
+- rss_short_mb / rss_long_mb: peak resident memory of `extract` in a fresh process on a short and
+                on a long video of the same frame size (main process + decoding workers, the sum of
+                each process's own peak: conservative, pages shared after fork count once per process).
+
+overlap_efficiency = e2e / bound: the bound is min(decode, encode) on a GPU (decoding on the CPU and
+the encoder on the GPU can run fully in parallel) and 1 / (1/decode + 1/encode) on a CPU (both
+share the same cores, so the best a pipeline can do is never to idle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from anonfeat.errors import AnonfeatError
+
+RESULT_KEYS = ("decode_cps", "encode_cps", "e2e_cps", "naive_cps", "sanitize_cps", "speedup_vs_naive",
+               "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device")
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common cards, matched on the device name.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0,
+                    "H100 PCIe": 756.0, "H100": 756.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+                    "A10": 125.0, "RTX 4090": 165.0}
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchOptions:
+    encoder: str = "videomae-tiny"
+    checkpoint: str | Path | None = None  # None: seeded random weights (speed does not depend on them)
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int = 1
+    videos: int = 8  # generated videos of the throughput set
+    frames: int = 300  # frames per video (10 s at 30 fps)
+    size: str = "640x360"  # WxH of the throughput set
+    fps: float = 30.0
+    frame_stride: int = 2
+    clip_stride: int | None = None  # None: clip_len * frame_stride // 4 (dense: each frame in 4 clips)
+    repeats: int = 3  # each throughput is measured this many times, interleaved; the median is kept
+    naive_videos: int = 2  # the naive reference runs on the first N videos (it is slow)
+    long_seconds: float = 600.0
+    short_seconds: float = 10.0
+    long_size: str = "1280x720"
+    skip_memory: bool = False
+    cache_dir: str | Path | None = None  # keep generated videos here and reuse them
+    threads: int | None = None  # torch intra-op threads of this process (None: leave torch's choice)
+    peak_tflops: float | None = None  # bf16 peak of the GPU (None: looked up from its name)
+
+
+@dataclass
+class Samples:
+    decode: list[float] = field(default_factory=list)
+    encode: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    naive: list[float] = field(default_factory=list)
+
+
+# -- generated videos --------------------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height), both even and at least 16 (H.264 4:2:0)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise AnonfeatError(f"size {text!r}: write it as WIDTHxHEIGHT, e.g. 640x360") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise AnonfeatError(f"size {text!r}: width and height must be even and at least 16")
+    return w, h
+
+
+def _smooth_texture(rng: np.random.Generator, height: int, width: int, cell: int, low: int, high: int) -> np.ndarray:
+    small = torch.from_numpy(rng.integers(low, high, (1, 1, height // cell + 2, width // cell + 2)).astype(np.float32))
+    big = torch.nn.functional.interpolate(small, scale_factor=cell, mode="bilinear", align_corners=False)
+    return big[0, 0, :height, :width].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_bench_video(path: str | Path, n_frames: int, width: int, height: int, fps: float = 30.0,
+                      seed: int = 0, preset: str = "veryfast", gop_seconds: float = 2.0) -> Path:
+    """A synthetic H.264 video: a smooth texture panning under a moving square, every frame different.
+
+    Frames are built directly in yuv420p (no colour conversion) so that even a 10-minute 720p video
+    takes only a few minutes to write; the file appears under its name only once complete.
+    """
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pad = 256
+    cell = max(8, min(width, height) // 24)
+    luma = _smooth_texture(rng, height + pad, width + pad, cell, 0, 256)
+    cb = _smooth_texture(rng, (height + pad) // 2, (width + pad) // 2, cell, 64, 192)
+    cr = _smooth_texture(rng, (height + pad) // 2, (width + pad) // 2, cell, 64, 192)
+    side = max(8, min(height, width) // 4) // 2 * 2
+    h2, w2 = height // 2, width // 2
+    tmp = path.with_name(path.name + ".part" + path.suffix)
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": preset, "crf": "23", "g": str(max(1, round(gop_seconds * fps)))}
+        buf = np.empty((height * 3 // 2, width), np.uint8)
+        y_plane = buf[:height]
+        u_plane = buf[height:height + height // 4].reshape(h2, w2)
+        v_plane = buf[height + height // 4:].reshape(h2, w2)
+        for t in range(n_frames):
+            dx, dy = (2 * t) % pad, t % pad
+            y_plane[:] = luma[dy:dy + height, dx:dx + width]
+            sx, sy = (5 * t) % max(1, width - side), (3 * t) % max(1, height - side)
+            y_plane[sy:sy + side, sx:sx + side] = (40 + 3 * t) % 256
+            u_plane[:] = cb[dy // 2:dy // 2 + h2, dx // 2:dx // 2 + w2]
+            v_plane[:] = cr[dy // 2:dy // 2 + h2, dx // 2:dx // 2 + w2]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(buf, format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
+    return path
+
+
+def bench_video_set(root: Path, n_videos: int, n_frames: int, width: int, height: int, fps: float,
+                    log: Log) -> list:
+    """The throughput set, generated once per (count, length, size) under `root`."""
+    from anonfeat.video.discover import VideoItem
+
+    folder = root / f"set_{width}x{height}_{n_frames}f_{fps:g}fps"
+    items = []
+    for i in range(n_videos):
+        path = folder / f"{i:03d}.mp4"
+        if not path.is_file():
+            if i == 0 or not items:
+                log(f"generating {n_videos} videos of {n_frames} frames at {width}x{height} in {folder}")
+            write_bench_video(path, n_frames, width, height, fps, seed=i)
+        items.append(VideoItem(path.name, path))
+    return items
+
+
+def bench_long_video(root: Path, seconds: float, width: int, height: int, fps: float, log: Log) -> Path:
+    path = root / f"long_{width}x{height}_{seconds:g}s_{fps:g}fps.mp4"
+    if not path.is_file():
+        log(f"generating a {seconds:g} s {width}x{height} video in {path} (cached for later runs with --cache-dir)")
+        # ultrafast keeps a 10-minute 720p video at a few minutes to write; memory does not depend on it
+        write_bench_video(path, max(1, round(seconds * fps)), width, height, fps, seed=1000, preset="ultrafast")
+    return path
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------
+def encoder_flops_per_clip(cfg) -> float:
+    """Forward FLOPs (2 x multiply-adds) of one clip through a VideoMAE-style ViT.
+
+    Counted: tubelet embedding, per block qkv + attention scores + attention x values + projection
+    + the two MLP layers. Not counted (< 1%): norms, softmax, GELU, biases, pooling.
+    """
+    if cfg.family != "videomae":
+        return float("nan")
+    n, d, hidden = cfg.num_tokens, cfg.embed_dim, cfg.mlp_hidden
+    t, p, _ = cfg.tubelet
+    embed = 2 * n * d * 3 * t * p * p
+    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
+    return float(embed + cfg.depth * per_block)
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in BF16_PEAK_TFLOPS.items():  # most specific names first
+        if key in name:
+            return value
+    return None
+
+
+# -- timing helpers -------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+# -- the phases -----------------------------------------------------------------------------------
+def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, device: torch.device) -> tuple[int, float]:
+    """(clips, seconds) through the extract loader and `to_clips`, without the encoder."""
+    from anonfeat.extract import clip_loader
+    from anonfeat.video.stream import ClipChunk, to_clips
+
+    cfg = encoder.config
+    mean = torch.tensor(cfg.mean, device=device)
+    std = torch.tensor(cfg.std, device=device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    clips = 0
+    started = time.perf_counter()
+    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device):
+        if isinstance(message, ClipChunk):
+            frames = message.frames.to(device, non_blocking=True)
+            index = message.index.to(device, non_blocking=True)
+            clips += len(to_clips(frames, index, cfg.img_size, mean, std, dtype))
+    _sync(device)
+    return clips, time.perf_counter() - started
+
+
+def encode_only(encoder, batch_size: int, n_clips: int, device: torch.device) -> tuple[int, float]:
+    """(clips, seconds) of the encoder alone on ready batches, as extract feeds it (bf16 autocast on CUDA)."""
+    from anonfeat.device import autocast
+
+    cfg = encoder.config
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, cfg.clip_len, cfg.img_size, cfg.img_size, generator=gen).to(device, dtype)
+    steps = max(2, math.ceil(n_clips / batch_size))
+    with torch.inference_mode(), autocast(device):
+        encoder(x)  # warm-up (kernel selection, allocator)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            encoder(x).float()
+        _sync(device)
+    return steps * batch_size, time.perf_counter() - started
+
+
+def end_to_end(items: list, store: Path, encoder, options: BenchOptions, sampling_kw: dict) -> tuple[int, float]:
+    from anonfeat.extract import ExtractOptions, extract
+
+    if store.exists():
+        store.unlink()
+    opts = ExtractOptions(batch_size=options.batch_size, workers=options.workers, device=options.device,
+                          dtype="float16", progress=False, **sampling_kw)
+    result = extract(items, store, opts, encoder=encoder)
+    if result.failed:
+        raise AnonfeatError(f"bench extraction failed: {result.failed}")
+    return result.clips, result.seconds
+
+
+def naive_extract(items: list, out: Path, encoder, sampling, device: torch.device) -> tuple[int, float]:
+    """The common script: per video, per clip: decode the clip at full size, resize, fp32 batch of 1, write."""
+    import decord
+    import h5py
+    import torch.nn.functional as F
+
+    from anonfeat.video.sampling import clip_frame_indices
+
+    cfg = encoder.config
+    size = cfg.img_size
+    mean = torch.tensor(cfg.mean, device=device).view(3, 1, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(3, 1, 1, 1)
+    clips = 0
+    started = time.perf_counter()
+    with h5py.File(out, "w") as f:
+        for item in items:
+            reader = decord.VideoReader(str(item.path), num_threads=1)
+            indices = clip_frame_indices(len(reader), sampling)
+            dataset = f.create_dataset(item.key, (len(indices), cfg.embed_dim), dtype="float32")
+            for row, frame_ids in enumerate(indices):
+                frames = torch.from_numpy(reader.get_batch(frame_ids.tolist()).asnumpy()).to(device)
+                x = frames.permute(0, 3, 1, 2).float().div(255.0)  # (T, 3, H, W)
+                h, w = x.shape[-2:]
+                scale = size / min(h, w)
+                x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                                  mode="bilinear", align_corners=False)
+                top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+                x = x[:, :, top:top + size, left:left + size].permute(1, 0, 2, 3)  # (3, T, s, s)
+                x = ((x - mean) / std)[None]
+                with torch.no_grad():
+                    feature = encoder(x)
+                dataset[row] = feature[0].cpu().numpy()
+                clips += 1
+    return clips, time.perf_counter() - started
+
+
+def sanitize_throughput(store: Path, device: torch.device, min_seconds: float = 1.0,
+                        group_size: int = 128) -> tuple[float, float, int]:
+    """Clips/s of a randomly initialized adapter over the features cached in `store`.
+
+    Returns (grouped, per_video, typical sequence length): grouped is how `anonfeat sanitize`
+    works (up to `group_size` videos in one padded forward pass), per_video how `extract --adapter`
+    does it (each video's sequence alone, as it is finished).
+    """
+    from anonfeat.adapter.model import AnonymizingAdapter, sanitize_features
+    from anonfeat.store import FeatureStore
+
+    with FeatureStore(store) as fs:
+        feats = [torch.from_numpy(fs.clip_features(k)) for k in fs.videos()]
+    dim = feats[0].shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        adapter = AnonymizingAdapter(dim)
+        for module in adapter.modules():  # zero-initialized projections would make it the identity
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=0.02)
+    every = torch.cat(feats)
+    adapter.set_statistics(every.mean(0), every.std(0))
+    adapter = adapter.to(device)
+    groups = [feats[i:i + group_size] for i in range(0, len(feats), group_size)]
+
+    def rate(step) -> float:
+        step()  # warm-up
+        _sync(device)
+        clips, started = 0, time.perf_counter()
+        while True:
+            clips += step()
+            _sync(device)
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_seconds:
+                return clips / elapsed
+
+    def grouped() -> int:
+        for group in groups:
+            sanitize_features(adapter, group)
+        return len(every)
+
+    def per_video() -> int:
+        for f in feats:
+            sanitize_features(adapter, f)
+        return len(every)
+
+    return rate(grouped), rate(per_video), int(statistics.median(len(f) for f in feats))
+
+
+# -- peak memory ----------------------------------------------------------------------------------
+_MEMORY_SCRIPT = r"""
+import json, resource, sys
+from pathlib import Path
+from anonfeat.extract import ExtractOptions, extract
+from anonfeat.video.discover import VideoItem
+args = json.loads(sys.argv[1])
+video = Path(args["video"])
+result = extract([VideoItem(video.name, video)], args["out"], ExtractOptions(**args["options"]))
+# VmHWM, not ru_maxrss: after fork + exec, ru_maxrss also counts the peak of the pre-exec copy of
+# the process that started us (the whole benchmark), while VmHWM belongs to this program's own memory.
+status = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
+          if k in ("VmHWM", "RssAnon", "RssFile")}
+print("ANONFEAT_BENCH " + json.dumps({
+    "rss_anon_end_kb": status.get("RssAnon", 0), "rss_file_end_kb": status.get("RssFile", 0),
+    "self_kb": status["VmHWM"],
+    "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    "clips": result.clips, "seconds": result.seconds, "failed": result.failed}))
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+                out.extend(kids)
+                todo.extend(kids)
+        except OSError:
+            pass
+    return out
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def extract_peak_rss(video: Path, out: Path, options: dict, timeout: float | None = None,
+                     pss_interval: float = 0.25) -> dict:
+    """Run extract on one video in a fresh process; peak RSS of it and its decoding workers (MB).
+
+    The main process reports its own peak (VmHWM) and the largest of its waited-for children;
+    meanwhile every process's VmHWM is polled (50 Hz), so each worker's own peak is known too.
+    `rss_mb` is the sum of the per-process peaks: an upper bound on the real peak of the whole
+    (peaks need not coincide, and pages shared after fork are counted in every process).
+    `pss_mb` is the largest sum of proportional set sizes seen (shared pages split between the
+    processes that map them: the physical footprint), sampled every `pss_interval` seconds.
+    """
+    out = Path(out)
+    if out.exists():
+        out.unlink()  # a store that already holds the video would make extract skip it
+    cmd = [sys.executable, "-c", _MEMORY_SCRIPT, json.dumps({"video": str(video), "out": str(out), "options": options})]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks: dict[int, int] = {}
+    pss_peak = [0]
+    stop = threading.Event()
+
+    def poll() -> None:
+        next_pss = 0.0
+        while not stop.is_set():
+            pids = [proc.pid, *_descendants(proc.pid)]
+            for pid in pids[1:]:
+                kb = _vm_hwm_kb(pid)
+                if kb is not None:
+                    peaks[pid] = max(peaks.get(pid, 0), kb)
+            if time.monotonic() >= next_pss:
+                pss_peak[0] = max(pss_peak[0], sum(_pss_kb(pid) for pid in pids))
+                next_pss = time.monotonic() + pss_interval
+            stop.wait(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        stop.set()
+        poller.join()
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("ANONFEAT_BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise AnonfeatError(f"memory run on {video.name} failed (exit {proc.returncode}): {tail}")
+    report = json.loads(line.split(" ", 1)[1])
+    if report["failed"]:
+        raise AnonfeatError(f"memory run on {video.name} failed: {report['failed']}")
+    workers = sorted(peaks.values(), reverse=True)
+    if workers:  # a worker's last growth may fall between two polls: the kernel's max of children covers it
+        workers[0] = max(workers[0], report["children_kb"])
+    elif report["children_kb"]:
+        workers = [report["children_kb"]]
+    main_kb = report["self_kb"]
+    return {"rss_mb": (main_kb + sum(workers)) / 1024, "pss_mb": pss_peak[0] / 1024, "main_mb": main_kb / 1024,
+            "workers_mb": [w / 1024 for w in workers], "clips": report["clips"], "seconds": report["seconds"],
+            "main_end_anon_mb": report["rss_anon_end_kb"] / 1024, "main_end_file_mb": report["rss_file_end_kb"] / 1024}
+
+
+# -- the whole benchmark ------------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def overlap_bound(decode_cps: float, encode_cps: float, device: torch.device) -> float:
+    """Best possible end-to-end rate: parallel on a GPU, serial on a CPU (shared cores)."""
+    if device.type == "cuda":
+        return min(decode_cps, encode_cps)
+    return 1.0 / (1.0 / decode_cps + 1.0 / encode_cps)
+
+
+def run_bench(options: BenchOptions | None = None, log: Log | None = None, **overrides) -> dict:
+    """Run every measurement; returns the result dict (RESULT_KEYS plus settings and samples)."""
+    from anonfeat.device import resolve_device
+    from anonfeat.encoders import load_encoder
+    from anonfeat.extract import sampling_for, ExtractOptions
+
+    options = options or BenchOptions()
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    log = log or (lambda message: None)
+    if options.repeats < 1 or options.videos < 1 or options.frames < 1 or options.naive_videos < 1:
+        raise AnonfeatError("--repeats, --videos, --frames and --naive-videos must be at least 1")
+    if options.batch_size < 1 or options.workers < 0:
+        raise AnonfeatError("--batch-size must be at least 1 and --workers at least 0")
+    width, height = parse_size(options.size)
+    long_w, long_h = parse_size(options.long_size)
+    device = resolve_device(options.device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+
+    encoder = load_encoder(options.encoder, options.checkpoint, random_init=options.checkpoint is None, device=device)
+    cfg = encoder.config
+    clip_stride = options.clip_stride or max(1, cfg.clip_len * options.frame_stride // 4)
+    sampling_kw = dict(frame_stride=options.frame_stride, clip_stride=clip_stride)
+    sampling = sampling_for(ExtractOptions(**sampling_kw), cfg.clip_len)
+
+    with tempfile.TemporaryDirectory(prefix="anonfeat-bench-") as tmp:
+        tmp = Path(tmp)
+        cache = Path(options.cache_dir) if options.cache_dir else tmp / "videos"
+        items = bench_video_set(cache, options.videos, options.frames, width, height, options.fps, log)
+        naive_items = items[:options.naive_videos]
+        samples = Samples()
+        store = tmp / "e2e.h5"
+        n_clips = 0
+        for r in range(options.repeats):
+            log(f"round {r + 1}/{options.repeats}: decode-only")
+            clips, seconds = decode_only(items, sampling, encoder, options.batch_size, options.workers, device)
+            samples.decode.append(clips / seconds)
+            n_clips = clips
+            log(f"round {r + 1}/{options.repeats}: encode-only")
+            clips, seconds = encode_only(encoder, options.batch_size, n_clips, device)
+            samples.encode.append(clips / seconds)
+            log(f"round {r + 1}/{options.repeats}: end-to-end extract")
+            clips, seconds = end_to_end(items, store, encoder, options, sampling_kw)
+            samples.e2e.append(clips / seconds)
+            log(f"round {r + 1}/{options.repeats}: naive reference")
+            clips, seconds = naive_extract(naive_items, tmp / "naive.h5", encoder, sampling, device)
+            samples.naive.append(clips / seconds)
+        log("sanitize")
+        sanitize_cps, sanitize_per_video_cps, seq_len = sanitize_throughput(store, device)
+
+        decode_cps, encode_cps = _median(samples.decode), _median(samples.encode)
+        e2e_cps, naive_cps = _median(samples.e2e), _median(samples.naive)
+        memory: dict = {}
+        if not options.skip_memory:
+            mem_opts = dict(encoder=cfg.name, checkpoint=None if options.checkpoint is None else str(options.checkpoint),
+                            random_init=options.checkpoint is None, batch_size=options.batch_size,
+                            workers=options.workers, device=options.device, progress=False, **sampling_kw)
+            for name, seconds in (("short", options.short_seconds), ("long", options.long_seconds)):
+                video = bench_long_video(cache, seconds, long_w, long_h, options.fps, log)
+                log(f"peak memory: extract on the {name} video ({seconds:g} s {long_w}x{long_h})")
+                memory[name] = extract_peak_rss(video, tmp / f"mem_{name}.h5", mem_opts)
+
+    flops = encoder_flops_per_clip(cfg)
+    peak = options.peak_tflops or bf16_peak_tflops(device)
+    encode_tflops = flops * encode_cps / 1e12 if math.isfinite(flops) else float("nan")
+    result = {
+        "decode_cps": decode_cps,
+        "encode_cps": encode_cps,
+        "e2e_cps": e2e_cps,
+        "naive_cps": naive_cps,
+        "sanitize_cps": sanitize_cps,
+        "speedup_vs_naive": e2e_cps / naive_cps,
+        "overlap_efficiency": e2e_cps / overlap_bound(decode_cps, encode_cps, device),
+        "rss_short_mb": memory["short"]["rss_mb"] if memory else None,
+        "rss_long_mb": memory["long"]["rss_mb"] if memory else None,
+        "device": str(device),
+        "overlap_bound_cps": overlap_bound(decode_cps, encode_cps, device),
+        "sanitize_per_video_cps": sanitize_per_video_cps,
+        "encode_gflops_per_clip": flops / 1e9,
+        "encode_tflops": encode_tflops,
+        "bf16_peak_tflops": peak,
+        "encode_peak_fraction": encode_tflops / peak if peak and device.type == "cuda" else None,
+        "overlap_efficiency_rounds": [e / overlap_bound(d, c, device)  # each round's own three figures
+                                      for d, c, e in zip(samples.decode, samples.encode, samples.e2e)],
+        "rss_ratio": memory["long"]["rss_mb"] / memory["short"]["rss_mb"] if memory else None,
+        "pss_ratio": memory["long"]["pss_mb"] / memory["short"]["pss_mb"] if memory else None,
+        "memory": memory,
+        "samples": asdict(samples),
+        "settings": {
+            "encoder": cfg.name, "checkpoint": str(options.checkpoint) if options.checkpoint else None,
+            "input": f"{cfg.clip_len}x{cfg.img_size}", "batch_size": options.batch_size,
+            "workers": options.workers, "clip_len": cfg.clip_len, "frame_stride": options.frame_stride,
+            "clip_stride": clip_stride, "videos": options.videos, "frames": options.frames,
+            "size": f"{width}x{height}", "fps": options.fps, "clips_per_round": n_clips,
+            "naive_videos": len(naive_items), "repeats": options.repeats, "statistic": "median",
+            "sanitize_sequence_length": seq_len, "long_seconds": options.long_seconds,
+            "short_seconds": options.short_seconds, "long_size": f"{long_w}x{long_h}",
+            "skip_memory": options.skip_memory, "stored_dtype": "float16",
+            "compute_dtype": "bfloat16" if device.type == "cuda" else "float32",
+        },
+        "machine": machine_info(device),
+    }
+    return result
+
+
+def targets(result: dict) -> list[tuple[str, str, bool | None]]:
+    """(figure, target, met) for the issue's targets; met is None when not measured."""
+    cuda = result["device"].startswith("cuda")
+    rows = [("overlap_efficiency", ">= 0.8" if cuda else ">= 0.9",
+             result["overlap_efficiency"] >= (0.8 if cuda else 0.9))]
+    dense = result["settings"]["clip_stride"] < result["settings"]["clip_len"] * result["settings"]["frame_stride"]
+    rows.append(("speedup_vs_naive", ">= 2 (dense)" if dense else ">= 2 (dense only; this run is not dense)",
+                 result["speedup_vs_naive"] >= 2 if dense else None))
+    if result["rss_short_mb"] is not None:
+        rows.append(("rss_long_mb", f"<= 1.2 x rss_short_mb = {1.2 * result['rss_short_mb']:.0f}",
+                     result["rss_long_mb"] <= 1.2 * result["rss_short_mb"]))
+    else:
+        rows.append(("rss_long_mb", "<= 1.2 x rss_short_mb", None))
+    if cuda:
+        fraction = result["encode_peak_fraction"]
+        rows.append(("encode_peak_fraction", ">= 0.40 of bf16 peak (videomae-b 16x224)",
+                     None if fraction is None else fraction >= 0.4))
+    return rows
