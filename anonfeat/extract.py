@@ -311,7 +311,7 @@ class _Progress:
     """A rich progress bar over videos with clips/s; silent when disabled."""
 
     def __init__(self, total: int, enabled: bool, result: ExtractResult):
-        self.enabled, self.result, self.total = enabled, result, total
+        self.enabled, self.result = enabled, result
         self.started = time.perf_counter()
         if enabled:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,

@@ -27,6 +27,7 @@ from anonfeat.adapter.io import save_adapter
 from anonfeat.adapter.losses import grl_weight, latent_consistency, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, pad_sequences
 from anonfeat.adapter.options import AdapterTrainOptions
+from anonfeat.audit.attackers import build_attacker
 from anonfeat.device import autocast, resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
@@ -109,7 +110,7 @@ class AdapterTrainer:
         self.use_attributes = options.privacy_loss in ("attributes", "both")
         if self.use_attributes and n_attr == 0:
             raise AnonfeatError("--privacy-loss attributes needs attribute columns in --labels")
-        self.privacy_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, max(n_attr, 1)))
+        self.privacy_head = build_attacker("mlp", dim, max(n_attr, 1))
         for module in (self.adapter, self.heads, self.privacy_head):
             module.to(device)
 
@@ -119,7 +120,7 @@ class AdapterTrainer:
         z_in = adapter.standardize(batch.clips)
         s_in = adapter.standardize(batch.static)  # (B, 2, D)
         if warmup:  # heads only, on raw (standardized) features
-            return {"task": self._task_loss(z_in, batch), "total_only_task": torch.zeros((), device=self.device)}
+            return {"task": self._task_loss(z_in, batch)}
         z_out = adapter.forward_standardized(z_in, batch.valid)
         s_out = adapter.forward_standardized(s_in.reshape(-1, 1, s_in.shape[-1])).reshape(s_in.shape)
         valid = batch.valid
@@ -153,9 +154,9 @@ class AdapterTrainer:
             total = total + F.cross_entropy(head(z[valid]), targets)
         return total
 
-    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    def total(self, terms: dict[str, torch.Tensor], warmup: bool) -> torch.Tensor:
         o = self.options
-        if "total_only_task" in terms:
+        if warmup:
             return terms["task"]
         loss = o.w_lc * terms["lc"] + o.w_t * terms["task"] - o.w_b * terms["ntxent"]
         if "attr" in terms:
@@ -176,8 +177,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[i
     return batches
 
 
-def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions,
-                val: VideoFeatures | None = None) -> tuple[AdapterTrainer, list[dict]]:
+def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions) -> tuple[AdapterTrainer, list[dict]]:
     """Warm up the heads, then train adapter and heads jointly; returns the trainer and loss history."""
     options.validate()
     device = resolve_device(options.device)
@@ -202,7 +202,7 @@ def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions,
                 trainer.adapter.train(not warmup)
                 with autocast(device):
                     terms = trainer.losses(batch, max(progress, 0.0), warmup)
-                    loss = trainer.total(terms)
+                    loss = trainer.total(terms, warmup)
                 opt = warm_opt if warmup else optimizer
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -210,8 +210,7 @@ def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions,
                 if not warmup:
                     scheduler.step()
                 for name, value in terms.items():
-                    if name != "total_only_task":
-                        sums[name] = sums.get(name, 0.0) + float(value.detach()) / len(batches)
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / len(batches)
             record = {"epoch": epoch + 1, "phase": "warmup" if warmup else "joint", **sums}
             history.append(record)
             bar.update(record)
@@ -275,7 +274,7 @@ def quick_privacy_probe(trainer: AdapterTrainer, fit: VideoFeatures, val: VideoF
             x_fit, x_val = (_probe_inputs(adapter, d, view, sanitized, trainer.device) for d in (fit, val))
             torch.manual_seed(seed)
             dim, k = x_fit.shape[1], fit.attributes.shape[1]
-            attacker = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, k)).to(trainer.device)
+            attacker = build_attacker("mlp", dim, k).to(trainer.device)
             optimizer = torch.optim.AdamW(attacker.parameters(), lr=1e-3)
             y_fit = fit.attributes.to(trainer.device)
             for _ in range(epochs):
@@ -313,7 +312,7 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed)
     data = read_training_features(store, label_set, split="train")
     fit, val = _split_validation(data, options.val_fraction, options.seed)
-    trainer, history = fit_adapter(fit, options, val)
+    trainer, history = fit_adapter(fit, options)
     metrics = {"train_top1": utility_accuracy(trainer, fit), "train_top1_raw": utility_accuracy(trainer, fit, False)}
     if val is not None:
         metrics["val_top1"] = utility_accuracy(trainer, val)
