@@ -22,14 +22,37 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anonfeat.device import autocast, resolve_device
+from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 from anonfeat.video.discover import VideoItem, find_videos
 from anonfeat.video.sampling import Sampling
+from anonfeat.video.reader import _first_line
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
 
 # (clip_features (n, D), static_features (m, D) | None) -> same: the anonymizing adapter.
 FeatureTransform = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+FEATURES = "features"
+
+
+@dataclass
+class ClipJob:
+    """What a store-writing run computes: `infer` maps a batch of normalized clips (B, 3, T, s, s) to
+    {"features": (B, D), **other per-clip outputs}; the other outputs of motion clips are stored as
+    extra datasets of the video (e.g. pruning indices). `on_video` runs (in the writer thread) just
+    before a video is written, e.g. to save an anonymized copy of it."""
+
+    infer: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    input: EncoderConfig  # clip length, input size, mean and std the model expects
+    dim: int
+    transform: FeatureTransform | None = None
+    on_video: Callable[[VideoRecord], None] | None = None
+    label: str = "extract"
+
+
+def encoder_job(encoder: nn.Module, transform: FeatureTransform | None = None) -> ClipJob:
+    return ClipJob(infer=lambda clips: {FEATURES: encoder(clips)}, input=encoder.config,
+                   dim=encoder.config.embed_dim, transform=transform)
 
 
 @dataclass
@@ -70,16 +93,23 @@ class ExtractResult:
 
 # -- assembling features per video -------------------------------------------------------------
 class _VideoFeatures:
-    """Collects one video's clip and static features as batches come back in any order."""
+    """Collects one video's per-clip outputs as batches come back in any order."""
 
-    def __init__(self, start: VideoStart, dim: int):
+    def __init__(self, start: VideoStart):
         self.start = start
-        self.parts = {CLIP: torch.empty(start.n_clips, dim), STATIC: torch.empty(start.n_static, dim)}
+        self.sizes = {CLIP: start.n_clips, STATIC: start.n_static}
+        self.parts: dict[str, dict[str, torch.Tensor]] = {CLIP: {}, STATIC: {}}
         self.remaining = start.n_clips + start.n_static
 
-    def put(self, kind: str, row: int, features: torch.Tensor) -> None:
-        self.parts[kind][row:row + len(features)] = features
-        self.remaining -= len(features)
+    def put(self, kind: str, row: int, outputs: dict[str, torch.Tensor]) -> None:
+        parts = self.parts[kind]
+        for name, value in outputs.items():
+            if kind == STATIC and name != FEATURES:
+                continue
+            if name not in parts:
+                parts[name] = torch.empty((self.sizes[kind], *value.shape[1:]), dtype=value.dtype)
+            parts[name][row:row + len(value)] = value
+        self.remaining -= len(outputs[FEATURES])
 
 
 class _ClipBatcher:
@@ -120,9 +150,12 @@ class _ClipBatcher:
 class StoreWriter:
     """Owns the store's write handle in a thread; errors (disk full...) surface on the next call."""
 
-    def __init__(self, store: FeatureStore, compression: str | None):
+    def __init__(self, store: FeatureStore, compression: str | None,
+                 on_video: Callable[[VideoRecord], None] | None = None):
         self.store = store
         self.compression = compression
+        self.on_video = on_video
+        self.late_failures: dict[str, str] = {}  # videos whose `on_video` step failed
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="anonfeat-writer", daemon=True)
@@ -134,11 +167,22 @@ class StoreWriter:
                 continue
             try:
                 if isinstance(job, VideoRecord):
-                    self.store.write_video(job, self.compression)
+                    self._write(job)
                 else:
                     self.store.record_failure(*job)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                 self._error = exc
+
+    def _write(self, record: VideoRecord) -> None:
+        if self.on_video is not None:
+            try:
+                self.on_video(record)
+            except (OSError, ValueError, RuntimeError, AnonfeatError) as exc:  # this video's outputs only
+                error = f"saving outputs failed: {_first_line(exc)}"
+                self.late_failures[record.key] = error
+                self.store.record_failure(record.key, error, str(record.attrs.get("source", "")))
+                return
+        self.store.write_video(record, self.compression)
 
     def _check(self) -> None:
         if self._error is not None:
@@ -197,7 +241,6 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         setattr(options, name, value)
     _check_options(options)
     device = resolve_device(options.device)
-    videos = find_videos(source) if isinstance(source, (str, Path)) else list(source)
     if encoder is None:
         from anonfeat.encoders import load_encoder
 
@@ -215,7 +258,14 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         loaded = load_adapter(adapter, device)
         loaded.check_store(header, f"--encoder {cfg.name}")
         header, transform = sanitized_header(header, loaded), feature_transform(loaded)
+    return write_store(source, out, header, sampling, encoder_job(encoder, transform), options, device)
 
+
+def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, header: StoreHeader, sampling: Sampling,
+                job: ClipJob, options: ExtractOptions, device: torch.device) -> ExtractResult:
+    """The per-video loop every store-writing command shares: discover, skip finished videos, decode,
+    run `job` on batches of clips, write each video as it completes; bad videos are recorded and skipped."""
+    videos = find_videos(source) if isinstance(source, (str, Path)) else list(source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = ExtractResult(store=out, total=len(videos))
@@ -225,11 +275,14 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         todo = []
         for item in videos:
             (result.skipped if store.is_complete(item.key) else todo).append(item)
-        writer = StoreWriter(store, options.compression)
+        writer = StoreWriter(store, options.compression, job.on_video)
         try:
-            _run(todo, encoder, sampling, options, device, writer, result, transform)
+            _run(todo, job, sampling, options, device, writer, result)
         finally:
             writer.close()
+            for key, error in writer.late_failures.items():
+                result.written.remove(key)
+                result.failed[key] = error
     result.seconds = time.perf_counter() - started
     return result
 
@@ -244,12 +297,11 @@ def clip_loader(videos: list[VideoItem], sampling: Sampling, input_size: int, ba
                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
-def _run(videos: list[VideoItem], encoder: nn.Module, sampling: Sampling, options: ExtractOptions,
-         device: torch.device, writer: StoreWriter, result: ExtractResult,
-         transform: FeatureTransform | None) -> None:
+def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: ExtractOptions,
+         device: torch.device, writer: StoreWriter, result: ExtractResult) -> None:
     if not videos:
         return
-    cfg = encoder.config
+    cfg = job.input
     mean = torch.tensor(cfg.mean, device=device)
     std = torch.tensor(cfg.std, device=device)
     compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -259,35 +311,41 @@ def _run(videos: list[VideoItem], encoder: nn.Module, sampling: Sampling, option
 
     def finish(key: str) -> None:
         video = open_videos.pop(key)
-        clip_feats, static_feats = video.parts[CLIP], video.parts[STATIC] if video.start.n_static else None
-        if transform is not None:
-            clip_feats, static_feats = transform(clip_feats, static_feats)
+        clip_parts, static_parts = video.parts[CLIP], video.parts[STATIC]
+        clip_feats = clip_parts[FEATURES]
+        static_feats = static_parts[FEATURES] if video.start.n_static else None
+        if job.transform is not None:
+            clip_feats, static_feats = job.transform(clip_feats, static_feats)
         start = video.start
         writer.write(VideoRecord(
             key=key, clip_features=clip_feats.numpy(), clip_ranges=start.clip_ranges,
             static_features=None if static_feats is None else static_feats.numpy(),
-            static_frames=start.static_frames if static_feats is not None else None, attrs=start.attrs))
+            static_frames=start.static_frames if static_feats is not None else None, attrs=start.attrs,
+            extras={name: value.numpy() for name, value in clip_parts.items() if name != FEATURES}))
         result.written.append(key)
         progress.advance(key)
 
     def run_batch(clips: torch.Tensor, routes: list) -> None:
         with torch.inference_mode(), autocast(device):
-            features = encoder(clips).float().cpu()
-        result.clips += len(features)
+            outputs = job.infer(clips)
+        # bf16 (CUDA autocast) comes back as float32; float16 and integer outputs keep their type
+        outputs = {name: (value.float() if value.dtype == torch.bfloat16 else value).cpu()
+                   for name, value in outputs.items()}
+        result.clips += len(clips)
         offset = 0
         for key, kind, row, count in routes:
             if key in open_videos:  # a video that failed mid-way has been dropped
                 video = open_videos[key]
-                video.put(kind, row, features[offset:offset + count])
+                video.put(kind, row, {name: value[offset:offset + count] for name, value in outputs.items()})
                 if video.remaining == 0:
                     finish(key)
             offset += count
 
-    progress = _Progress(len(videos), options.progress, result)
+    progress = _Progress(job.label, len(videos), options.progress, result)
     with progress:
         for message in loader:
             if isinstance(message, VideoStart):
-                open_videos[message.key] = _VideoFeatures(message, cfg.embed_dim)
+                open_videos[message.key] = _VideoFeatures(message)
             elif isinstance(message, VideoFailed):
                 open_videos.pop(message.key, None)
                 writer.fail(message.key, message.error, message.source)
@@ -310,14 +368,14 @@ def _run(videos: list[VideoItem], encoder: nn.Module, sampling: Sampling, option
 class _Progress:
     """A rich progress bar over videos with clips/s; silent when disabled."""
 
-    def __init__(self, total: int, enabled: bool, result: ExtractResult):
+    def __init__(self, label: str, total: int, enabled: bool, result: ExtractResult):
         self.enabled, self.result = enabled, result
         self.started = time.perf_counter()
         if enabled:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
-            self._bar = Progress(TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(),
+            self._bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("videos"), TextColumn("{task.fields[rate]}"),
                                  TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
                                  TextColumn("eta"), TimeRemainingColumn())

@@ -130,13 +130,16 @@ class Labels:
 
 # -- loading ------------------------------------------------------------------------------------
 def load_labels(path: str | Path, tasks: Sequence[str] = ("action",), attributes: Sequence[str] | None = None,
-                seed: int = 0, test_fraction: float = 0.5, keep: Sequence[str] = ()) -> Labels:
+                seed: int = 0, test_fraction: float = 0.5, keep: Sequence[str] = (),
+                require_attributes: bool = True) -> Labels:
     """Read labels from a CSV file, a PA-HMDB51 JSON folder or a VP pickle (chosen by the path).
 
     tasks: utility columns (class names); the first one stratifies a generated split.
     attributes: private binary columns; None takes every other column (CSV) or the default set.
     keep: extra columns kept as raw strings in `Labels.columns` (e.g. a bias grouping column); a kept
         column that is not binary is left out of the default attributes instead of being an error.
+    require_attributes: refuse labels without private attributes (audits need them; trainers with a
+        self-supervised privacy loss do not).
     """
     path = Path(path)
     tasks = list(tasks)
@@ -155,12 +158,13 @@ def load_labels(path: str | Path, tasks: Sequence[str] = ("action",), attributes
     else:
         raise AnonfeatError(f"{path}: unknown labels format {suffix or '(no suffix)'!r}; use a .csv file, "
                             "a folder of PA-HMDB51 <action>.json files or a VP-HMDB51/VP-UCF101 .pkl")
-    return _build(path, rows, table_columns, defaults, tasks, attributes, list(keep), seed, test_fraction)
+    return _build(path, rows, table_columns, defaults, tasks, attributes, list(keep), seed, test_fraction,
+                  require_attributes)
 
 
 def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_attributes: list[str] | None,
            tasks: list[str], attributes: Sequence[str] | None, keep: list[str], seed: int,
-           test_fraction: float) -> Labels:
+           test_fraction: float, require_attributes: bool = True) -> Labels:
     if not rows:
         raise AnonfeatError(f"{path}: no videos in the labels; add rows (video,split,action,...)")
     missing = [c for c in (VIDEO, *tasks) if c not in columns]
@@ -186,7 +190,7 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
         if clash:
             raise AnonfeatError(f"{path}: {', '.join(clash)} cannot be a private attribute (it is the video, "
                                 "split or a --task column)")
-    if not attributes:
+    if not attributes and require_attributes:
         raise AnonfeatError(f"{path}: no private attribute columns; add 0/1 columns next to video,split,action "
                             "or name them with --attributes")
 

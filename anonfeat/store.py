@@ -37,7 +37,7 @@ FAILURES = "failures"
 
 # Root attributes that must match for two runs to write into one store.
 _IDENTITY_KEYS = ("encoder", "encoder_config", "checkpoint_sha256", "sampling", "features",
-                  "adapter_sha256", "dtype", "dim")
+                  "adapter_sha256", "dtype", "dim", "extra")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class VideoRecord:
     static_features: np.ndarray | None = None
     static_frames: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # other per-clip datasets (e.g. pruning/...)
 
 
 def _h5_path(group: str, key: str) -> str:
@@ -213,6 +214,13 @@ class FeatureStore:
         group = self._group(key)
         return group["static_features"][()].astype(np.float32) if "static_features" in group else None
 
+    def dataset(self, key: str, name: str) -> np.ndarray:
+        """Any dataset of a complete video by its name in the group (e.g. "pruning/kept_1")."""
+        group = self._group(key)
+        if name not in group:
+            raise KeyError(f"{self.path}: video {key!r} has no dataset {name!r}")
+        return group[name][()]
+
     def video_attrs(self, key: str) -> dict:
         return {k: _plain(v) for k, v in self._group(key).attrs.items()}
 
@@ -254,6 +262,8 @@ class FeatureStore:
             group.create_dataset("static_features", data=np.asarray(record.static_features, dtype=dtype),
                                  **opts)
             group.create_dataset("static_frames", data=np.asarray(record.static_frames, dtype=np.int64))
+        for name, value in record.extras.items():
+            group.create_dataset(name, data=np.asarray(value), **opts)
         for name, value in record.attrs.items():
             group.attrs[name] = value
         group.attrs["complete"] = True

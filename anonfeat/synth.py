@@ -15,11 +15,12 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+
+from anonfeat.video.writer import write_video  # noqa: F401  (re-exported: tests and users write videos through synth)
 
 ATTRIBUTES = ("dark_skin", "striped_shirt", "long_hair", "hat")
 ACTIONS = ("walk_left", "walk_right", "jump", "wave", "squat")
@@ -407,56 +408,6 @@ def render_video(
 
 
 # --------------------------------------------------------------------------- encoding
-
-_CONTAINERS = {
-    ".mp4": ("mp4", "libx264"),
-    ".mkv": ("matroska", "libx264"),
-    ".avi": ("avi", "mpeg4"),
-}
-
-
-def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
-    """Encode RGB frames (T, H, W, 3) uint8 to a file; the container follows the suffix.
-
-    .mp4/.mkv hold h264 (crf 18) and .avi holds mpeg4 (qscale 2), quality high enough for
-    colours to survive. H.264 in yuv420p cannot represent odd sizes (cropping works in
-    whole chroma samples), so odd sizes use yuv444p: the decoded size is then exactly
-    H x W, which readers and tests rely on. Any T >= 1, H >= 1 and W >= 1 works.
-    """
-    import av
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _CONTAINERS:
-        raise ValueError(f"cannot write {path}: suffix must be one of {sorted(_CONTAINERS)}")
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1 or 0 in frames.shape:
-        raise ValueError(f"frames must have shape (T>=1, H>=1, W>=1, 3), got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8, got {frames.dtype}")
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    fmt, codec = _CONTAINERS[suffix]
-    _, H, W, _ = frames.shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = W, H
-        if codec == "libx264":
-            stream.pix_fmt = "yuv420p" if H % 2 == 0 and W % 2 == 0 else "yuv444p"
-            stream.options = {"crf": "18", "preset": "medium"}
-        else:
-            stream.pix_fmt = "yuv420p"
-            stream.codec_context.qscale = True
-            stream.codec_context.global_quality = 2 * 118  # qscale 2 (FF_QP2LAMBDA = 118)
-        for frame in frames:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            for packet in stream.encode(vf):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
 
 # --------------------------------------------------------------------------- benchmark
 

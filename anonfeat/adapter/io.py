@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from anonfeat.adapter.model import AnonymizingAdapter
 from anonfeat.encoders.checkpoints import file_sha256
 from anonfeat.errors import AnonfeatError
+from anonfeat.modelfile import load_checked_state, read_model_file, save_model_file
 from anonfeat.store import StoreHeader
 
 METADATA_KEY = "anonfeat_adapter"
@@ -39,42 +39,13 @@ class LoadedAdapter:
 
 
 def save_adapter(model: AnonymizingAdapter, path: str | Path, config: dict) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, **model.architecture(), **config}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    tmp.replace(path)  # never leave a half-written adapter under the final name
-    return path
+    return save_model_file(model.state_dict(), path, METADATA_KEY, {"format": FORMAT, **model.architecture(), **config})
 
 
 def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> LoadedAdapter:
     """Read an adapter file; wrong shapes or a foreign file are refused naming the tensors."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise AnonfeatError(f"{path}: no such adapter file; train one with `anonfeat train-adapter`")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            state = {k: handle.get_tensor(k) for k in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AnonfeatError(f"{path}: not a readable adapter (.safetensors) file ({exc})") from None
-    if METADATA_KEY not in meta:
-        raise AnonfeatError(f"{path}: a safetensors file without anonfeat adapter metadata; "
-                            "pass a file written by `anonfeat train-adapter`")
-    config = json.loads(meta[METADATA_KEY])
+    state, config = read_model_file(path, METADATA_KEY, "adapter", "anonfeat train-adapter")
     model = AnonymizingAdapter(config["dim"], config["depth"], config["num_heads"], config["mlp_ratio"])
-    expected = model.state_dict()
-    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if wrong or missing or unexpected:
-        parts = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:4]]
-        parts += [f"missing {k}" for k in missing[:4]] + [f"unexpected {k}" for k in unexpected[:4]]
-        raise AnonfeatError(f"{path}: adapter tensors do not fit its config: {'; '.join(parts)}")
-    model.load_state_dict(state)
+    load_checked_state(model, state, path, "adapter")
     return LoadedAdapter(model.to(device).eval(), config, file_sha256(path), path)

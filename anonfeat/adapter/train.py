@@ -309,7 +309,8 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     for name, value in overrides.items():
         setattr(options, name, value)
     options.validate()
-    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed)
+    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,
+                            require_attributes=options.privacy_loss != "ntxent")
     data = read_training_features(store, label_set, split="train")
     fit, val = _split_validation(data, options.val_fraction, options.seed)
     trainer, history = fit_adapter(fit, options)

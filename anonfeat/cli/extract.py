@@ -11,6 +11,14 @@ from anonfeat.cli import options as opt
 from anonfeat.cli.app import app, console
 
 
+def report_store_run(result) -> None:
+    """One summary line and one line per failed video, for every store-writing command."""
+    console.print(f"[bold]{result.store}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
+                  f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
+    for key, error in sorted(result.failed.items()):
+        console.print(f"  [red]failed[/] {key}: {error}", highlight=False)
+
+
 @app.command("extract")
 def extract_command(
     videos: Path = typer.Argument(..., help="Folder of videos (searched recursively) or a text file listing them."),
@@ -18,18 +26,17 @@ def extract_command(
     encoder: Optional[str] = opt.Encoder,
     checkpoint: Optional[Path] = opt.Checkpoint,
     random_init: bool = opt.RandomInit,
-    clip_len: Optional[int] = typer.Option(None, "--clip-len", min=1, help="Frames per clip (default: the encoder's)."),
-    frame_stride: int = typer.Option(4, "--frame-stride", min=1, help="Sampling rate: frames between a clip's frames."),
-    clip_stride: Optional[int] = typer.Option(None, "--clip-stride", min=1,
-                                              help="Frames between clip starts (default: clip_len x frame_stride)."),
-    num_clips: Optional[int] = typer.Option(None, "--num-clips", min=1, help="N evenly spaced clips instead of sliding windows."),
+    clip_len: Optional[int] = opt.ClipLen,
+    frame_stride: int = opt.FrameStride,
+    clip_stride: Optional[int] = opt.ClipStride,
+    num_clips: Optional[int] = opt.NumClips,
     static_clips: int = opt.StaticClips,
-    resize: str = typer.Option("short", "--resize", help="short: short side + centre crop; full: stretch the frame."),
+    resize: str = opt.Resize,
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
     device: str = opt.Device,
     dtype: str = opt.Dtype,
-    compression: Optional[str] = typer.Option(None, "--compression", help="gzip or lzf (default: none)."),
+    compression: Optional[str] = opt.Compression,
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Write features sanitized by this adapter."),
     progress: bool = opt.Progress,
 ) -> None:
@@ -41,8 +48,5 @@ def extract_command(
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress)
     result = extract(videos, out, options, adapter=adapter)
-    console.print(f"[bold]{out}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
-                  f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
-    for key, error in sorted(result.failed.items()):
-        console.print(f"  [red]failed[/] {key}: {error}", highlight=False)
+    report_store_run(result)
     raise typer.Exit(result.exit_code)

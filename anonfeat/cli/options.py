@@ -21,3 +21,11 @@ StaticClips = typer.Option(0, "--static-clips", min=0, help="Also store N static
                            "(one frame repeated), needed by train-adapter and audit.")
 Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
 OptionalPath = Optional[Path]
+
+# Clip sampling, shared by extract and prune.
+ClipLen = typer.Option(None, "--clip-len", min=1, help="Frames per clip (default: the model's).")
+FrameStride = typer.Option(4, "--frame-stride", min=1, help="Sampling rate: frames between a clip's frames.")
+ClipStride = typer.Option(None, "--clip-stride", min=1, help="Frames between clip starts (default: clip_len x frame_stride).")
+NumClips = typer.Option(None, "--num-clips", min=1, help="N evenly spaced clips instead of sliding windows.")
+Resize = typer.Option("short", "--resize", help="short: short side + centre crop; full: stretch the frame.")
+Compression = typer.Option(None, "--compression", help="gzip or lzf (default: none).")

@@ -1,0 +1,126 @@
+"""Decoded training clips for the pruner: labelled videos of the train split, one random clip (and,
+for the self-supervised privacy loss, two static clips) per video and epoch, with augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from anonfeat.errors import AnonfeatError, VideoError
+from anonfeat.labels import Labels, match_videos
+from anonfeat.video.discover import VideoItem, find_videos
+from anonfeat.video.reader import FrameReader
+from anonfeat.video.stream import to_clips
+
+CROP_MARGIN = 1.15  # training decodes the short side at 1.15x the input size and crops randomly
+
+
+@dataclass
+class LabelledVideos:
+    """Videos paired with their labels: the action class and 0/1 attributes of each."""
+
+    items: list[VideoItem]
+    actions: np.ndarray  # (n,) class index
+    attributes: np.ndarray  # (n, k) float32
+    action_classes: list[str]
+    attribute_names: list[str]
+    unmatched_labels: int
+    unmatched_videos: int
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, index: np.ndarray) -> "LabelledVideos":
+        return LabelledVideos([self.items[i] for i in index], self.actions[index], self.attributes[index],
+                              self.action_classes, self.attribute_names, self.unmatched_labels,
+                              self.unmatched_videos)
+
+
+def labelled_videos(source: str | Path, labels: Labels, task: str, attributes: list[str],
+                    split: str = "train") -> LabelledVideos:
+    """The videos under `source` whose label row is in `split` (all rows when labels have no split)."""
+    items = find_videos(source)
+    by_key = {item.key: item for item in items}
+    match = match_videos(labels, list(by_key))
+    rows = [(i, key) for i, key in match.pairs if labels.split_generated or labels.split[i] == split]
+    if not rows:
+        raise AnonfeatError(f"{source}: no video matches a {split!r} row of {labels.source} "
+                            f"({match.unmatched_labels} label rows unmatched); check --labels")
+    index = np.array([i for i, _ in rows])
+    return LabelledVideos(
+        items=[by_key[key] for _, key in rows], actions=labels.task_targets(task)[index],
+        attributes=labels.attribute_matrix(attributes)[index].astype(np.float32),
+        action_classes=labels.task_classes(task), attribute_names=list(attributes),
+        unmatched_labels=match.unmatched_labels, unmatched_videos=match.unmatched_store)
+
+
+class TrainingClips(Dataset):
+    """Item i: video i's uint8 clip (T, s, s, 3) and labels, or None when it cannot be decoded.
+
+    Randomness comes from (seed, epoch, i) alone, so a run is reproducible with any number of workers.
+    augment=False gives the centre clip, centre crop (validation).
+    """
+
+    def __init__(self, videos: LabelledVideos, clip_len: int, frame_stride: int, input_size: int,
+                 resize: str = "short", augment: bool = True, statics: bool = False, flip: bool = False,
+                 seed: int = 0):
+        self.videos, self.clip_len, self.frame_stride = videos, clip_len, frame_stride
+        self.input_size, self.resize, self.augment = input_size, resize, augment
+        self.statics, self.flip, self.seed = statics, flip, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> dict | None:
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        size = self.input_size
+        decode = round(size * CROP_MARGIN) if self.augment else size
+        try:
+            reader = FrameReader(self.videos.items[i].path, decode, self.resize, num_threads=1)
+            n = reader.info.n_frames
+            span = (self.clip_len - 1) * self.frame_stride + 1
+            last = max(n - span, 0)
+            start = int(rng.integers(0, last + 1)) if self.augment else last // 2
+            rows = [np.minimum(start + np.arange(self.clip_len) * self.frame_stride, n - 1)]
+            if self.statics:
+                rows += [np.full(self.clip_len, f) for f in rng.choice(n, size=2, replace=n < 2)]
+            frames, index = reader.frames(np.stack(rows))
+        except VideoError:
+            return None
+        h, w = frames.shape[1:3]
+        top = int(rng.integers(0, h - size + 1)) if self.augment else (h - size) // 2
+        left = int(rng.integers(0, w - size + 1)) if self.augment else (w - size) // 2
+        frames = frames[:, top:top + size, left:left + size]
+        if self.flip and self.augment and rng.random() < 0.5:
+            frames = frames[:, :, ::-1]
+        clips = np.ascontiguousarray(frames[index])  # (1 or 3, T, s, s, 3)
+        return {"clip": torch.from_numpy(clips[0]), "static": torch.from_numpy(clips[1:]),
+                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i]),
+                "index": i}
+
+
+def collate(items: list[dict | None]) -> dict | None:
+    """Stack the decodable items; None when a whole batch failed to decode."""
+    good = [item for item in items if item is not None]
+    if not good:
+        return None
+    return {"clip": torch.stack([g["clip"] for g in good]), "static": torch.stack([g["static"] for g in good]),
+            "action": torch.tensor([g["action"] for g in good]),
+            "attributes": torch.stack([g["attributes"] for g in good]),
+            "index": torch.tensor([g["index"] for g in good]), "failed": len(items) - len(good)}
+
+
+def normalize_clips(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B, T, s, s, 3) -> normalized (B, 3, T, s, s), through extraction's own `to_clips`."""
+    b, t, size = clips.shape[:3]
+    index = torch.arange(b * t, device=clips.device).view(b, t)
+    return to_clips(clips.reshape(b * t, size, size, 3), index, size, mean, std, dtype)

@@ -1,0 +1,106 @@
+"""`anonfeat prune`: pruned features of every video into a store (extract's pipeline and layout,
+plus pruning datasets), optionally anonymized videos and score heatmaps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from anonfeat.device import resolve_device
+from anonfeat.errors import AnonfeatError
+from anonfeat.extract import FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for, write_store
+from anonfeat.pruning.io import LoadedPruner, load_pruner
+from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
+from anonfeat.store import StoreHeader, VideoRecord
+from anonfeat.video.discover import VideoItem
+from anonfeat.video.sampling import Sampling
+
+POOLED = "pooled_features"
+
+
+def kept_dataset(block: int) -> str:
+    return f"pruning/kept_{block}"
+
+
+def scores_dataset(block: int) -> str:
+    return f"pruning/scores_{block}"
+
+
+@dataclass
+class PruneOptions(ExtractOptions):
+    """Extract's flags (frame_stride None: the stride the pruner was trained with) plus pruning's."""
+
+    frame_stride: int | None = None  # type: ignore[assignment]
+    keep_ratio: float | None = None
+    save_videos: str | Path | None = None
+    save_heatmaps: str | Path | None = None
+
+
+def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Sampling,
+               options: PruneOptions) -> ClipJob:
+    model, cfg = loaded.model, loaded.config
+    blocks = list(cfg.schedule(keep_ratio))
+    store_dtype = getattr(torch, options.dtype)
+
+    def infer(clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = model(clips, keep_ratio)
+        outputs = {FEATURES: out.action, POOLED: out.pooled.to(store_dtype)}
+        for block, kept, scores in zip(blocks, out.kept, out.scores):
+            outputs[kept_dataset(block)] = kept.to(torch.int32)
+            outputs[scores_dataset(block)] = scores.half()
+        return outputs
+
+    def on_video(record: VideoRecord) -> None:
+        attrs = record.attrs
+        name = Path(record.key)
+        if options.save_videos is not None and blocks:
+            target = Path(options.save_videos) / name.with_suffix(".mp4")
+            write_anonymized_video(attrs["source"], target, int(attrs["n_frames"]), float(attrs["fps"]), sampling,
+                                   record.extras[kept_dataset(blocks[-1])], cfg.encoder)
+        if options.save_heatmaps is not None and blocks:
+            save_heatmaps(attrs["source"], Path(options.save_heatmaps) / name.with_suffix(""),
+                          int(attrs["n_frames"]), sampling, [record.extras[kept_dataset(b)] for b in blocks],
+                          [record.extras[scores_dataset(b)] for b in blocks], blocks, cfg.encoder)
+
+    side_outputs = options.save_videos is not None or options.save_heatmaps is not None
+    return ClipJob(infer=infer, input=cfg.encoder, dim=cfg.encoder.embed_dim,
+                   on_video=on_video if side_outputs else None, label="prune")
+
+
+def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_ratio: float | None) -> StoreHeader:
+    cfg = loaded.config
+    schedule = cfg.schedule(keep_ratio)
+    return StoreHeader(
+        encoder=cfg.encoder.name, encoder_config=cfg.encoder, checkpoint_sha256=loaded.sha256,
+        sampling={**sampling.to_dict(), "input_size": cfg.encoder.img_size}, dim=cfg.encoder.embed_dim, dtype=dtype,
+        features="pruned",
+        extra={"pruner": {"file": loaded.path.name, "sha256": loaded.sha256,
+                          "prune_blocks": list(schedule), "keep_rates": list(schedule.values()),
+                          "kept_counts": cfg.kept_counts(keep_ratio), "lam": cfg.lam,
+                          "num_tubelets": cfg.encoder.num_tokens, "grid": list(cfg.encoder.grid)}})
+
+
+def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
+          options: PruneOptions | None = None, **overrides) -> ExtractResult:
+    """Prune every video under `source` into the store `out` (re-runs resume, bad videos are recorded)."""
+    options = options or PruneOptions()
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    device = resolve_device(options.device)
+    loaded = load_pruner(pruner, device)
+    trained = loaded.info.get("sampling", {})
+    if options.frame_stride is None:
+        options.frame_stride = int(trained.get("frame_stride", 4))
+    _check_options(options)
+    cfg = loaded.config
+    if options.clip_len not in (None, cfg.encoder.clip_len):
+        raise AnonfeatError(f"--clip-len {options.clip_len}: pruner {loaded.path.name} takes clips of "
+                            f"{cfg.encoder.clip_len} frames")
+    cfg.schedule(options.keep_ratio)  # validates --keep-ratio
+    sampling = sampling_for(options, cfg.encoder.clip_len)
+    header = pruned_header(loaded, sampling, options.dtype, options.keep_ratio)
+    return write_store(source, out, header, sampling, pruner_job(loaded, options.keep_ratio, sampling, options),
+                       options, device)

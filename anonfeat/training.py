@@ -1,0 +1,75 @@
+"""Pieces shared by the trainers (adapter, pruner): seeding, validation hold-out, schedule, progress."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Protocol, TypeVar
+
+import numpy as np
+import torch
+
+
+class _Subsettable(Protocol):
+    def __len__(self) -> int: ...
+    def subset(self, index: np.ndarray): ...
+
+
+T = TypeVar("T", bound=_Subsettable)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def split_validation(data: T, fraction: float, seed: int) -> tuple[T, T | None]:
+    """Hold out a seeded part of the train videos to report validation utility and privacy."""
+    n_val = int(round(len(data) * fraction))
+    if n_val < 2 or len(data) - n_val < 2:
+        return data, None
+    order = np.random.default_rng(seed).permutation(len(data))
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class EpochProgress:
+    """A rich progress bar over epochs showing the last epoch's loss terms; silent when disabled."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("epochs {task.fields[terms]}"), TimeRemainingColumn())
+            self._task = self._bar.add_task(label, total=total, terms="")
+
+    def __enter__(self) -> "EpochProgress":
+        if self.enabled:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+    def update(self, record: dict) -> None:
+        if self.enabled:
+            terms = " ".join(f"{k}={v:.3f}" for k, v in record.items()
+                             if k not in ("epoch", "phase") and isinstance(v, float))
+            phase = f"[{record['phase']}] " if "phase" in record else ""
+            self._bar.update(self._task, advance=1, terms=f"{phase}{terms}")
