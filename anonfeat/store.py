@@ -22,6 +22,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -133,7 +135,12 @@ class FeatureStore:
         if mode == "r" and not self.path.is_file():
             raise AnonfeatError(f"{self.path}: no such feature store; create it with `anonfeat extract`")
         try:
-            self._file = h5py.File(self.path, mode)
+            try:
+                self._file = h5py.File(self.path, mode)
+            except OSError as exc:
+                if mode == "r" or not _extend_truncated(self.path, exc):
+                    raise
+                self._file = h5py.File(self.path, mode)
         except BlockingIOError:
             raise AnonfeatError(f"{self.path}: the store is open for writing by another process; "
                                 "wait for it or write to another --out") from None
@@ -143,6 +150,10 @@ class FeatureStore:
                 raise AnonfeatError(f"{self.path}: permission denied opening the store "
                                     f"{'for reading' if mode == 'r' else 'for writing'}; fix the "
                                     "permissions or choose another --out") from None
+            if _TRUNCATED.search(str(exc)):
+                raise AnonfeatError(f"{self.path}: the file ends before the end its header records (a write "
+                                    "failed, e.g. the disk filled up); re-run the command that wrote it, which "
+                                    "restores the missing end, then check with `anonfeat inspect --verify`") from None
             raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({_first_line(exc)}); "
                                 "pass a store made by `anonfeat extract`") from None
         self.mode = mode
@@ -257,6 +268,9 @@ class FeatureStore:
         """Write one video atomically in the protocol's sense: datasets, then `complete`, then flush."""
         self._require_writable()
         kill_point("write")
+        data_bytes = sum(np.asarray(a).size for a in (record.clip_features, record.static_features) if a is not None)
+        self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + 16 * len(record.clip_ranges),
+                         f"video {record.key}")
         path = _h5_path(VIDEOS, record.key)
         if path in self._file:  # left incomplete by a crash, or redone: drop it, and let the file
             del self._file[path]  # say so before its space can be reused by the new datasets
@@ -279,8 +293,31 @@ class FeatureStore:
         self._file.flush()
         kill_point("written")
 
+    def check_space(self, nbytes: int, what: str) -> None:
+        """Raise OSError(ENOSPC/EFBIG) unless the disk and the file-size limit leave room for
+        `nbytes` more (twice that, plus SPACE_MARGIN for HDF5's metadata).
+
+        Checked before anything of a video is written: HDF5 handles a write failing half-way badly
+        (HDF5 2.0 can even crash in the next flush), so a full disk is refused while the file is clean.
+        """
+        need = 2 * int(nbytes) + SPACE_MARGIN
+        try:
+            stats = os.statvfs(self.path.parent)
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        if free < need:
+            raise OSError(errno.ENOSPC, f"no space left on the device for {what} (about {need:,} bytes needed "
+                          f"with the margin, {free:,} free)", str(self.path))
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and size + need > limit:
+            raise OSError(errno.EFBIG, f"the file size limit ({limit:,} bytes, ulimit -f) leaves no room for "
+                          f"{what} (about {need:,} bytes needed with the margin)", str(self.path))
+
     def record_failure(self, key: str, error: str, source: str = "") -> None:
         self._require_writable()
+        self.check_space(len(error) + len(source), f"the failure record of {key}")
         self._drop(VIDEOS, key)
         path = _h5_path(FAILURES, key)
         group = self._file.require_group(path)
@@ -350,6 +387,9 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.key or '(store)'}: {self.message}"
 
+
+# Room kept free beyond a video's estimated size when checking the disk before writing it.
+SPACE_MARGIN = 1 << 20
 
 _VIDEO_DATASETS = ("clip_features", "clip_ranges", "static_features", "static_frames")
 _VIDEO_ATTRS = ("fps", "n_frames", "height", "width", "source")
@@ -456,6 +496,26 @@ def _json_or_none(value: object):
 def _short(value: object, limit: int = 120) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+), sblock->base_addr = 0, stored_eof = (\d+)")
+
+
+def _extend_truncated(path: Path, exc: OSError) -> bool:
+    """When a write fails inside HDF5 (disk full), the superblock can record a larger end of file
+    than reached the disk, and HDF5 then refuses to open the file at all. The missing bytes belong
+    to the write that failed (the video being written, never marked complete); extending the file
+    with zeros to the recorded end (only appending, nothing written is changed) makes the file open,
+    and the re-run deletes and redoes that video. Tested in tests/test_reliability.py."""
+    match = _TRUNCATED.search(str(exc))
+    if not match:
+        return False
+    eof, stored = int(match.group(1)), int(match.group(2))
+    if not eof == path.stat().st_size < stored:
+        return False
+    with open(path, "r+b") as handle:
+        handle.truncate(stored)
+    return True
 
 
 def _not_writable(path: Path) -> bool:
