@@ -13,8 +13,11 @@ Layout (readable with plain h5py, see README "HDF5 layout"):
         attrs: fps, n_frames, height, width, source, complete (set last)
     /failures/<rel/path>  group per failed video, attrs: error, source
 
-Write protocol: a video's datasets are written first, then its `complete` attribute is set and
-the file flushed. Readers list only complete videos; a re-run deletes and redoes incomplete ones.
+Write protocol, per video (`write_video`): check the disk and file-size limit leave room (else
+OSError before anything is written); delete a group left by an interrupted run and flush (its space
+is then never reused while the file on disk still points to it); write the datasets and attributes;
+set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
+ones. What this survives is tested with SIGKILL at each step (README "Guarantees").
 """
 
 from __future__ import annotations
