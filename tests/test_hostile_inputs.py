@@ -24,7 +24,7 @@ from anonfeat.store import FeatureStore
 from anonfeat.synth import write_video
 from anonfeat.video.discover import find_videos
 
-from conftest import moving_frames
+from conftest import forked_cli, moving_frames
 
 # The frame-size limit is lowered for the run below so "huge" costs nothing to make; the refusal
 # path is the same as at the real limit (8192 x 8192).
@@ -266,7 +266,7 @@ def test_safetensors_checkpoint_with_wrong_shapes_is_refused_naming_the_tensors(
 
 
 def test_cli_refuses_malicious_pth_and_foreign_adapter_in_one_line(tmp_path, video_dir):
-    """Through the CLI: a code-running .pth is refused (the code does not run), an adapter of another
+    """Through the CLI (forked): a code-running .pth is refused (the code does not run), an adapter of another
     encoder is refused; both one line, exit 2, no traceback."""
     import pickle
 
@@ -288,8 +288,7 @@ def test_cli_refuses_malicious_pth_and_foreign_adapter_in_one_line(tmp_path, vid
     for extra, needle in ((["--checkpoint", str(tmp_path / "evil.pth")], "refused"),
                           (["--encoder", "videomae-tiny", "--random-init", "--adapter", str(adapter)],
                            "do not fit adapter other.safetensors: encoder videomae-tiny (adapter: videomae-s)")):
-        proc = subprocess.run([sys.executable, "-m", "anonfeat", *base, *extra], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = forked_cli([*base, *extra], tmp_path)
         assert proc.returncode == 2 and needle in " ".join(proc.stderr.split()), proc.stderr
         assert "Traceback" not in proc.stderr
     assert not marker.exists()

@@ -34,6 +34,8 @@ from anonfeat.errors import AnonfeatError
 from anonfeat.extract import ExtractOptions, extract
 from anonfeat.store import FeatureStore
 
+from conftest import forked_cli
+
 EXTRACT_FLAGS = ["--encoder", "videomae-tiny", "--random-init", "--static-clips", "2", "--frame-stride", "2",
                  "--clip-stride", "6", "--batch-size", "4", "--workers", "1", "--device", "cpu", "--dtype", "float32",
                  "--no-progress"]
@@ -45,76 +47,6 @@ N_VALID = 5  # videos of the conftest video_dir; the crash folder adds one that 
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "anonfeat", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **kw)
-
-
-@dataclass
-class Run:
-    returncode: int  # exit status, or -signal when killed
-    stdout: str
-    stderr: str
-
-
-def forked_cli(args: list[str], tmp: Path, kill_at: str | None = None, setup: Callable[[], None] | None = None) -> Run:
-    """The CLI's `main()` in a forked child in its own session, optionally armed with a kill point,
-    after `setup()` (in the child only). Forking skips re-importing torch for every run; each
-    command's final run in the crash harness goes through a fresh interpreter (`cli`)."""
-    from anonfeat import killpoints
-
-    out_path, err_path = tmp / "forked.stdout", tmp / "forked.stderr"
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        code = 70
-        try:
-            os.setsid()
-            sys.stdout = open(out_path, "w")
-            sys.stderr = open(err_path, "w")
-            os.dup2(sys.stdout.fileno(), 1)
-            os.dup2(sys.stderr.fileno(), 2)
-            killpoints._TARGET, killpoints._hits = killpoints._parse(kill_at), 0
-            if setup is not None:
-                setup()
-            sys.argv = ["anonfeat", *args]
-            from anonfeat.cli import main
-
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # noqa: BLE001 - reported through the stderr file
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    _wait_group_gone(pid)  # decoding workers die with the group, a moment later
-    return Run(code, out_path.read_text(), err_path.read_text())
-
-
-def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
-    """Until no live process (zombies have closed their files) is left in process group `pgid`."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = False
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    alive = True
-                    break
-        if not alive:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process group {pgid} still alive after {timeout} s")
 
 
 # -- the inputs: videos, an uninterrupted raw store, an adapter, an uninterrupted sanitized store ---
@@ -395,11 +327,11 @@ def test_permission_denied_is_one_line_and_the_store_still_opens(ws, tmp_path, m
 
 
 # -- inspect --verify ------------------------------------------------------------------------------
-def test_verify_accepts_sound_stores(ws):
+def test_verify_accepts_sound_stores(ws, tmp_path):
     for path in (ws.raw, ws.sanitized):
         with FeatureStore(path) as store:
             assert store.verify() == []
-    proc = cli("inspect", str(ws.raw), "--verify")  # a fresh interpreter once
+    proc = forked_cli(["inspect", str(ws.raw), "--verify"], tmp_path)
     assert proc.returncode == 0 and "OK" in proc.stdout and f"{N_VALID} complete videos" in proc.stdout
 
 
