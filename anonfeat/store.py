@@ -13,14 +13,20 @@ Layout (readable with plain h5py, see README "HDF5 layout"):
         attrs: fps, n_frames, height, width, source, complete (set last)
     /failures/<rel/path>  group per failed video, attrs: error, source
 
-Write protocol: a video's datasets are written first, then its `complete` attribute is set and
-the file flushed. Readers list only complete videos; a re-run deletes and redoes incomplete ones.
+Write protocol, per video (`write_video`): check the disk and file-size limit leave room (else
+OSError before anything is written); delete a group left by an interrupted run and flush (its space
+is then never reused while the file on disk still points to it); write the datasets and attributes;
+set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
+ones. What this survives is tested with SIGKILL at each step (README "Guarantees").
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +36,7 @@ import numpy as np
 
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
+from anonfeat.killpoints import kill_point
 
 FORMAT_VERSION = 1
 VIDEOS = "videos"
@@ -132,12 +139,26 @@ class FeatureStore:
         if mode == "r" and not self.path.is_file():
             raise AnonfeatError(f"{self.path}: no such feature store; create it with `anonfeat extract`")
         try:
-            self._file = h5py.File(self.path, mode)
+            try:
+                self._file = h5py.File(self.path, mode)
+            except OSError as exc:
+                if mode == "r" or not _extend_truncated(self.path, exc):
+                    raise
+                self._file = h5py.File(self.path, mode)
         except BlockingIOError:
             raise AnonfeatError(f"{self.path}: the store is open for writing by another process; "
                                 "wait for it or write to another --out") from None
         except OSError as exc:
-            raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({exc}); "
+            denied = getattr(exc, "errno", None) == errno.EACCES or "Permission denied" in str(exc)
+            if denied or (mode != "r" and _not_writable(self.path)):
+                raise AnonfeatError(f"{self.path}: permission denied opening the store "
+                                    f"{'for reading' if mode == 'r' else 'for writing'}; fix the "
+                                    "permissions or choose another --out") from None
+            if _TRUNCATED.search(str(exc)):
+                raise AnonfeatError(f"{self.path}: the file ends before the end its header records (a write "
+                                    "failed, e.g. the disk filled up); re-run the command that wrote it, which "
+                                    "restores the missing end, then check with `anonfeat inspect --verify`") from None
+            raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({_first_line(exc)}); "
                                 "pass a store made by `anonfeat extract`") from None
         self.mode = mode
         self._header: StoreHeader | None = None
@@ -147,11 +168,18 @@ class FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.close(failing=exc[0] is not None)
 
-    def close(self) -> None:
+    def close(self, failing: bool = False) -> None:
+        """Close the file; when a write already failed (disk full...), a failing final flush is
+        not raised over that first error: what was flushed before stays readable."""
         if self._file.id.valid:
-            self._file.close()
+            try:
+                self._file.close()
+            except Exception as exc:  # noqa: BLE001 - HDF5 raises OSError/RuntimeError/KeyError here
+                if not failing:
+                    raise AnonfeatError(f"{self.path}: closing the store failed ({_first_line(exc)}); "
+                                        "videos flushed before are intact, re-run to finish") from None
 
     # -- header -------------------------------------------------------------------------------
     @property
@@ -250,13 +278,19 @@ class FeatureStore:
     def write_video(self, record: VideoRecord, compression: str | None = None) -> None:
         """Write one video atomically in the protocol's sense: datasets, then `complete`, then flush."""
         self._require_writable()
+        kill_point("write")
+        data_bytes = sum(np.asarray(a).size for a in (record.clip_features, record.static_features) if a is not None)
+        self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + 16 * len(record.clip_ranges),
+                         f"video {record.key}")
         path = _h5_path(VIDEOS, record.key)
-        if path in self._file:
-            del self._file[path]
+        if path in self._file:  # left incomplete by a crash, or redone: drop it, and let the file
+            del self._file[path]  # say so before its space can be reused by the new datasets
+            self._file.flush()
         group = self._file.create_group(path)
         dtype = np.dtype(self.header.dtype)
         opts = {"compression": compression} if compression else {}
         group.create_dataset("clip_features", data=np.asarray(record.clip_features, dtype=dtype), **opts)
+        kill_point("write-datasets")
         group.create_dataset("clip_ranges", data=np.asarray(record.clip_ranges, dtype=np.int64))
         if record.static_features is not None and len(record.static_features):
             group.create_dataset("static_features", data=np.asarray(record.static_features, dtype=dtype),
@@ -266,12 +300,37 @@ class FeatureStore:
             group.create_dataset(name, data=np.asarray(value), **opts)
         for name, value in record.attrs.items():
             group.attrs[name] = value
+        kill_point("write-mark")
         group.attrs["complete"] = True
         self._drop(FAILURES, record.key)
         self._file.flush()
+        kill_point("written")
+
+    def check_space(self, nbytes: int, what: str) -> None:
+        """Raise OSError(ENOSPC/EFBIG) unless the disk and the file-size limit leave room for
+        `nbytes` more (twice that, plus SPACE_MARGIN for HDF5's metadata).
+
+        Checked before anything of a video is written: HDF5 handles a write failing half-way badly
+        (HDF5 2.0 can even crash in the next flush), so a full disk is refused while the file is clean.
+        """
+        need = 2 * int(nbytes) + SPACE_MARGIN
+        try:
+            stats = os.statvfs(self.path.parent)
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        if free < need:
+            raise OSError(errno.ENOSPC, f"no space left on the device for {what} (about {need:,} bytes needed "
+                          f"with the margin, {free:,} free)", str(self.path))
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and size + need > limit:
+            raise OSError(errno.EFBIG, f"the file size limit ({limit:,} bytes, ulimit -f) leaves no room for "
+                          f"{what} (about {need:,} bytes needed with the margin)", str(self.path))
 
     def record_failure(self, key: str, error: str, source: str = "") -> None:
         self._require_writable()
+        self.check_space(len(error) + len(source), f"the failure record of {key}")
         self._drop(VIDEOS, key)
         path = _h5_path(FAILURES, key)
         group = self._file.require_group(path)
@@ -283,6 +342,39 @@ class FeatureStore:
         path = _h5_path(group, key)
         if path in self._file:
             del self._file[path]
+
+    # -- checking -------------------------------------------------------------------------------
+    def verify(self) -> list["Problem"]:
+        """Check every video group against the root header; [] when the store is sound.
+
+        Per video: the `complete` mark; clip_features (n, dim) of the header's dtype, finite;
+        clip_ranges (n, 2) integers within the video's frames; static_features (N, dim) and
+        static_frames (N,) exactly when the sampling has static_clips = N; the documented attributes.
+        Per failure: an error message, and no complete video under the same key.
+        """
+        try:
+            header = self.header
+        except AnonfeatError as exc:
+            return [Problem("", str(exc))]
+        problems: list[Problem] = []
+        version = self._file.attrs.get("format_version")
+        if version is None or int(version) > FORMAT_VERSION:
+            problems.append(Problem("", f"format_version {version} is not one this anonfeat reads "
+                                        f"({FORMAT_VERSION}); upgrade anonfeat"))
+        for group_name in (VIDEOS, FAILURES):
+            if group_name not in self._file:
+                problems.append(Problem("", f"no /{group_name} group"))
+        if VIDEOS in self._file:
+            for key, group in _video_groups(self._file[VIDEOS]):
+                problems += [Problem(key, m) for m in _check_video(group, header)]
+        if FAILURES in self._file:
+            root = self._file[FAILURES]
+            for key in _walk_groups(root, "error"):
+                if not str(root[key].attrs["error"]).strip():
+                    problems.append(Problem(key, "failure recorded without an error message"))
+                if self.is_complete(key):
+                    problems.append(Problem(key, "listed both as a complete video and as a failure"))
+        return problems
 
     def incomplete(self) -> list[str]:
         """Keys of video groups left half-written by an interrupted run."""
@@ -296,6 +388,99 @@ class FeatureStore:
 
         self._file[VIDEOS].visititems(visit)
         return sorted(out)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `FeatureStore.verify`: the video key ("" for the store itself) and what is wrong."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key or '(store)'}: {self.message}"
+
+
+# Room kept free beyond a video's estimated size when checking the disk before writing it.
+SPACE_MARGIN = 1 << 20
+
+_VIDEO_DATASETS = ("clip_features", "clip_ranges", "static_features", "static_frames")
+_VIDEO_ATTRS = ("fps", "n_frames", "height", "width", "source")
+
+
+def _video_groups(root: h5py.Group) -> list[tuple[str, h5py.Group]]:
+    """(key, group) of every video group, complete or not: groups with a mark or a dataset."""
+    found: list[tuple[str, h5py.Group]] = []
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Group) and ("complete" in obj.attrs
+                                            or any(isinstance(obj.get(d), h5py.Dataset)
+                                                   for d in _VIDEO_DATASETS)):
+            found.append((name, obj))
+
+    root.visititems(visit)
+    return sorted(found, key=lambda kv: kv[0])
+
+
+def _check_video(group: h5py.Group, header: StoreHeader) -> list[str]:
+    out: list[str] = []
+    if not bool(group.attrs.get("complete", False)):
+        out.append("incomplete: no complete mark (interrupted write); re-run the command to redo it")
+    n_clips = None
+    feats = group.get("clip_features")
+    if not isinstance(feats, h5py.Dataset):
+        out.append("clip_features missing")
+    else:
+        out += _check_features("clip_features", feats, header)
+        n_clips = feats.shape[0] if feats.ndim == 2 else None
+        if n_clips == 0:
+            out.append("clip_features has no rows (every video has at least one clip)")
+    ranges = group.get("clip_ranges")
+    n_frames = group.attrs.get("n_frames")
+    if not isinstance(ranges, h5py.Dataset):
+        out.append("clip_ranges missing")
+    elif ranges.ndim != 2 or ranges.shape[1] != 2 or not np.issubdtype(ranges.dtype, np.integer):
+        out.append(f"clip_ranges is {ranges.dtype}{ranges.shape}, expected integer (n_clips, 2)")
+    else:
+        if n_clips is not None and ranges.shape[0] != n_clips:
+            out.append(f"clip_ranges has {ranges.shape[0]} rows, clip_features {n_clips}")
+        values = ranges[()]
+        if len(values) and n_frames is not None and (
+                values.min() < 0 or values.max() >= int(n_frames) or (values[:, 0] > values[:, 1]).any()):
+            out.append(f"clip_ranges outside the video's {int(n_frames)} frames or reversed")
+    expected_static = int(header.sampling.get("static_clips") or 0)
+    static, frames = group.get("static_features"), group.get("static_frames")
+    if expected_static:
+        if not isinstance(static, h5py.Dataset) or not isinstance(frames, h5py.Dataset):
+            out.append(f"static_features/static_frames missing (sampling has static_clips={expected_static})")
+        else:
+            out += _check_features("static_features", static, header)
+            if static.ndim == 2 and static.shape[0] != expected_static:
+                out.append(f"static_features has {static.shape[0]} rows, sampling static_clips={expected_static}")
+            if frames.shape != (static.shape[0],) or not np.issubdtype(frames.dtype, np.integer):
+                out.append(f"static_frames is {frames.dtype}{frames.shape}, expected integer ({static.shape[0]},)")
+            elif n_frames is not None and len(frames) and (frames[()].min() < 0 or frames[()].max() >= int(n_frames)):
+                out.append(f"static_frames outside the video's {int(n_frames)} frames")
+    elif static is not None or frames is not None:
+        out.append("static features present although the sampling has static_clips=0")
+    missing = [a for a in _VIDEO_ATTRS if a not in group.attrs]
+    if missing:
+        out.append(f"attribute(s) {', '.join(missing)} missing")
+    return out
+
+
+def _check_features(name: str, data: h5py.Dataset, header: StoreHeader) -> list[str]:
+    out = []
+    if data.ndim != 2 or data.shape[1] != header.dim:
+        out.append(f"{name} has shape {data.shape}, expected (n, {header.dim}) (root dim)")
+    if data.dtype != np.dtype(header.dtype):
+        out.append(f"{name} is {data.dtype}, the store's dtype is {header.dtype}")
+    values = data[()]
+    if np.issubdtype(values.dtype, np.floating):
+        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        if n_nan or n_inf:
+            out.append(f"{name} holds {n_nan} NaN and {n_inf} Inf values")
+    return out
 
 
 def check_compatible(existing: StoreHeader, new: StoreHeader, path: str | os.PathLike) -> None:
@@ -324,6 +509,36 @@ def _json_or_none(value: object):
 def _short(value: object, limit: int = 120) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+), sblock->base_addr = 0, stored_eof = (\d+)")
+
+
+def _extend_truncated(path: Path, exc: OSError) -> bool:
+    """When a write fails inside HDF5 (disk full), the superblock can record a larger end of file
+    than reached the disk, and HDF5 then refuses to open the file at all. The missing bytes belong
+    to the write that failed (the video being written, never marked complete); extending the file
+    with zeros to the recorded end (only appending, nothing written is changed) makes the file open,
+    and the re-run deletes and redoes that video. Tested in tests/test_reliability.py."""
+    match = _TRUNCATED.search(str(exc))
+    if not match:
+        return False
+    eof, stored = int(match.group(1)), int(match.group(2))
+    if not eof == path.stat().st_size < stored:
+        return False
+    with open(path, "r+b") as handle:
+        handle.truncate(stored)
+    return True
+
+
+def _not_writable(path: Path) -> bool:
+    target = path if path.exists() else path.parent
+    return target.exists() and not os.access(target, os.W_OK)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _plain(value):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -72,3 +77,72 @@ def bad_video_dir(tmp_path, video_dir) -> Path:
     data = (video_dir / "a.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
     return root
+
+
+# -- the CLI in a forked child (no torch import per run) ---------------------------------------
+@dataclass
+class Run:
+    returncode: int  # exit status, or -signal when killed
+    stdout: str
+    stderr: str
+
+
+def forked_cli(args: list[str], tmp: Path, kill_at: str | None = None, setup: Callable[[], None] | None = None) -> Run:
+    """The CLI's `main()` in a forked child in its own session, optionally armed with a kill point,
+    after `setup()` (in the child only). Forking skips re-importing torch for every run; each
+    command's final run in the crash harness goes through a fresh interpreter (`cli`)."""
+    from anonfeat import killpoints
+
+    out_path, err_path = tmp / "forked.stdout", tmp / "forked.stderr"
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 70
+        try:
+            os.setsid()
+            sys.stdout = open(out_path, "w")
+            sys.stderr = open(err_path, "w")
+            os.dup2(sys.stdout.fileno(), 1)
+            os.dup2(sys.stderr.fileno(), 2)
+            killpoints._TARGET, killpoints._hits = killpoints._parse(kill_at), 0
+            if setup is not None:
+                setup()
+            sys.argv = ["anonfeat", *args]
+            from anonfeat.cli import main
+
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # noqa: BLE001 - reported through the stderr file
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    _wait_group_gone(pid)  # decoding workers die with the group, a moment later
+    return Run(code, out_path.read_text(), err_path.read_text())
+
+
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """Until no live process (zombies have closed their files) is left in process group `pgid`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    alive = True
+                    break
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process group {pgid} still alive after {timeout} s")

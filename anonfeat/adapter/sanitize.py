@@ -21,12 +21,28 @@ def sanitized_header(raw: StoreHeader, adapter: LoadedAdapter) -> StoreHeader:
     return dataclasses.replace(raw, features="sanitized", adapter_sha256=adapter.sha256)
 
 
+def refuse_unchanged(adapter: LoadedAdapter, what: str, raw: np.ndarray, sanitized: np.ndarray) -> None:
+    """A sanitized store never holds a raw feature vector: refuse rows the adapter left as they were
+    (compared in float16, the coarsest stored precision). An untrained adapter is exactly the
+    identity, so this is what stops it from writing raw features under a "sanitized" header."""
+    raw16 = np.asarray(raw, dtype=np.float16)
+    same = (np.asarray(sanitized, dtype=np.float16) == raw16).all(axis=-1) & np.isfinite(raw16).all(axis=-1)
+    if same.any():
+        raise AnonfeatError(f"{adapter.path}: leaves {int(same.sum())} of {len(same)} feature vectors of {what} "
+                            "unchanged (an untrained adapter is the identity); refusing to write raw features into "
+                            "a sanitized store: train the adapter with `anonfeat train-adapter`")
+
+
 def feature_transform(adapter: LoadedAdapter):
     """(clip (n, D), static (m, D) | None) -> sanitized: clips as one sequence, each static clip alone."""
 
     def transform(clips: torch.Tensor, static: torch.Tensor | None):
-        return (sanitize_features(adapter.model, clips),
-                None if static is None else sanitize_features(adapter.model, static, static=True))
+        out = (sanitize_features(adapter.model, clips),
+               None if static is None else sanitize_features(adapter.model, static, static=True))
+        refuse_unchanged(adapter, "a video's clips", clips.numpy(), out[0].numpy())
+        if static is not None:
+            refuse_unchanged(adapter, "a video's static clips", static.numpy(), out[1].numpy())
+        return out
 
     return transform
 
@@ -58,6 +74,9 @@ def _sanitize_group(adapter: LoadedAdapter, records: list[VideoRecord]) -> list[
     out = []
     for record, clip in zip(records, clips):
         static = next(statics) if record.static_features is not None else None
+        refuse_unchanged(adapter, f"video {record.key}", record.clip_features, clip.numpy())
+        if static is not None:
+            refuse_unchanged(adapter, f"video {record.key}'s static clips", record.static_features, static.numpy())
         out.append(VideoRecord(key=record.key, clip_features=clip.numpy(), clip_ranges=record.clip_ranges,
                                static_features=None if static is None else static.numpy(),
                                static_frames=record.static_frames, attrs=record.attrs))

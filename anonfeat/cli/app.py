@@ -25,7 +25,9 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-EXIT_OK, EXIT_USAGE, EXIT_PARTIAL = 0, 2, 3
+# 0 done; 2 bad usage or input (one line on stderr); 3 some videos failed (recorded in the store);
+# 4 `inspect --verify` found problems in the store.
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INVALID = 0, 2, 3, 4
 
 
 def _version(value: bool) -> None:
@@ -48,6 +50,13 @@ def main() -> None:
         app()
     except AnonfeatError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:  # disk full, permission denied, ... outside the store's own checks
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        text = str(exc).strip()
+        reason = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
+        err_console.print(f"[bold red]error:[/] {where}{reason}; free space or fix the permissions and re-run "
+                          "(completed videos are kept)", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]; completed videos are kept, re-run to resume")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from anonfeat.cli.app import app, console
+from anonfeat.cli.app import EXIT_INVALID, app, console
 from anonfeat.cli.options import Json
 
 
@@ -33,9 +33,43 @@ def store_summary(path: Path) -> dict:
         }
 
 
+def verify_summary(path: Path) -> dict:
+    """The JSON `anonfeat inspect --verify --json` prints: {"ok", "videos", "failed", "problems"}."""
+    from anonfeat.store import FeatureStore
+
+    with FeatureStore(path) as store:
+        problems = store.verify()
+        return {"ok": not problems, "videos": len(store.videos()), "failed": len(store.failures()),
+                "problems": [{"video": p.key, "problem": p.message} for p in problems]}
+
+
+def _print_verify(store: Path, as_json: bool) -> None:
+    report = verify_summary(store)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    elif report["ok"]:
+        console.print(f"OK: {store}: {report['videos']} complete videos and {report['failed']} recorded "
+                      "failures match the root header", highlight=False)
+    else:
+        table = Table("video", "problem", title=f"{store}: {len(report['problems'])} problem(s)")
+        for problem in report["problems"]:
+            table.add_row(problem["video"] or "(store)", problem["problem"])
+        console.print(table)
+    if not report["ok"]:
+        raise typer.Exit(EXIT_INVALID)
+
+
 @app.command("inspect")
-def inspect_command(store: Path = typer.Argument(..., help="HDF5 feature store."), as_json: bool = Json) -> None:
-    """Summarize a feature store: encoder, sampling, videos and failures."""
+def inspect_command(
+    store: Path = typer.Argument(..., help="HDF5 feature store."),
+    as_json: bool = Json,
+    verify: bool = typer.Option(False, "--verify", help="Check every video's datasets against the root "
+                                "header (dim, dtype, counts, NaN/Inf, complete mark); exit 4 on problems."),
+) -> None:
+    """Summarize a feature store: encoder, sampling, videos and failures (--verify: check it)."""
+    if verify:
+        _print_verify(store, as_json)
+        return
     summary = store_summary(store)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -18,7 +18,49 @@ import numpy as np
 
 from anonfeat.errors import VideoError
 
-MAX_PIXELS = 8192 * 8192  # larger frames are refused: decoding them would exhaust memory
+# Frames above this many pixels are refused before any frame is decoded (one decoded 8192x8192
+# frame is 200 MB; a hostile header can claim far more). ANONFEAT_MAX_PIXELS overrides it.
+MAX_PIXELS = 8192 * 8192
+MAX_PIXELS_ENV = "ANONFEAT_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The frame-size limit in pixels: ANONFEAT_MAX_PIXELS when set, else MAX_PIXELS."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise VideoError(f"{MAX_PIXELS_ENV}={value!r} is not a positive number of pixels")
+    return int(value)
+
+
+def probe_stream(path: Path) -> tuple[int, int] | None:
+    """(height, width) of the first video stream from the container headers, no frame decoded;
+    None when PyAV cannot read the container (decord then reports why)."""
+    try:
+        import av
+    except ImportError:  # pragma: no cover - av is a dependency
+        return None
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            streams = container.streams.video
+            if not streams:
+                kinds = sorted({s.type for s in container.streams}) or ["no"]
+                raise VideoError(f"no video stream (the file holds {' and '.join(kinds)} streams only)")
+            ctx = streams[0].codec_context
+            return int(ctx.height or 0), int(ctx.width or 0)
+    except VideoError:
+        raise
+    except Exception:  # noqa: BLE001 - unreadable containers are diagnosed by decord below
+        return None
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    limit = max_pixels()
+    if height * width > limit:
+        raise VideoError(f"{path.name}: frame size {width}x{height} ({height * width:,} pixels) is above the "
+                         f"limit of {limit:,} pixels (8192x8192 by default, {MAX_PIXELS_ENV}); "
+                         "downscale the video first")
 
 
 @dataclass(frozen=True)
@@ -41,12 +83,17 @@ class FrameReader:
     """Random access to a video's frames through decord, with a cache of the last chunk's frames."""
 
     def __init__(self, path: str | Path, input_size: int, resize: str = "short", num_threads: int = 0):
-        decord = _import_decord()
         self.path = Path(path)
         if not self.path.is_file():
+            if self.path.is_symlink():
+                raise VideoError(f"{self.path}: broken or looping symbolic link; point it at a video file")
             raise VideoError(f"{self.path}: no such file")
         if self.path.stat().st_size == 0:
             raise VideoError("empty file (0 bytes)")
+        size = probe_stream(self.path)
+        if size is not None:
+            _check_size(self.path, *size)  # before decord decodes a first frame at full size
+        decord = _import_decord()
         try:
             with _native_stderr_silenced():
                 probe = decord.VideoReader(str(self.path), num_threads=1)
@@ -60,9 +107,7 @@ class FrameReader:
             raise
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
             raise VideoError(f"cannot decode: {_first_line(exc)}") from None
-        if height * width > MAX_PIXELS:
-            raise VideoError(f"frame size {width}x{height} is above the {MAX_PIXELS // 1_000_000} "
-                             "megapixel limit; downscale the video first")
+        _check_size(self.path, height, width)
         self.info = VideoInfo(n_frames=n_frames, fps=fps, height=height, width=width)
         out_h, out_w = decode_size(height, width, input_size, resize)
         try:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from anonfeat.errors import VideoError
+from anonfeat.killpoints import kill_point
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.reader import FrameReader, _first_line
 from anonfeat.video.sampling import Sampling, clip_frame_indices, static_frame_indices
@@ -72,10 +73,12 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
                    "width": info.width, "source": str(item.path)},
         )
         for start in range(0, len(clips), chunk_clips):
+            kill_point("decode")
             frames, index = reader.frames(clips[start:start + chunk_clips])
             yield ClipChunk(item.key, CLIP, start, torch.from_numpy(frames), torch.from_numpy(index))
         if len(statics):
             rows = np.repeat(statics[:, None], sampling.clip_len, axis=1)
+            kill_point("decode")
             frames, index = reader.frames(rows)
             yield ClipChunk(item.key, STATIC, 0, torch.from_numpy(frames), torch.from_numpy(index))
     except VideoError as exc:
