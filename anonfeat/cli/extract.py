@@ -32,15 +32,25 @@ def extract_command(
     compression: Optional[str] = typer.Option(None, "--compression", help="gzip or lzf (default: none)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Write features sanitized by this adapter."),
     progress: bool = opt.Progress,
+    keep_shards: bool = typer.Option(False, "--keep-shards", help="Under torchrun: keep the per-rank shard "
+                                     "stores (STORE.shards/) after merging them into STORE."),
 ) -> None:
-    """Extract clip features (and static clips) of every video into STORE; re-runs resume."""
-    from anonfeat.extract import ExtractOptions, extract
+    """Extract clip features (and static clips) of every video into STORE; re-runs resume.
+
+    Under torchrun (WORLD_SIZE > 1) each rank extracts its share into STORE.shards/ and rank 0
+    merges them into STORE (README "Running on many GPUs and nodes")."""
+    from anonfeat import distributed
+    from anonfeat.extract import ExtractOptions
 
     options = ExtractOptions(encoder=encoder, checkpoint=checkpoint, random_init=random_init, clip_len=clip_len,
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress)
-    result = extract(videos, out, options, adapter=adapter)
+    result = distributed.extract_sharded(videos, out, options, adapter=adapter, keep_shards=keep_shards)
+    if not distributed.is_main():  # rank 0 reports the whole run and carries its exit status
+        distributed.shutdown()
+        raise typer.Exit(0)
+    distributed.shutdown()
     console.print(f"[bold]{out}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
     for key, error in sorted(result.failed.items()):
