@@ -53,14 +53,15 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
                            "-m", "anonfeat", *args], capture_output=True, text=True, timeout=300, env=env())
 
 
-def launch_ranks(*args: str, world: int = 2) -> list[subprocess.CompletedProcess]:
+def launch_ranks(*args: str, world: int = 2, module: bool = True) -> list[subprocess.CompletedProcess]:
     """Start `world` ranks the way srun-style launchers do: one process each, environment set."""
     port = free_port()
+    command = [sys.executable, *(["-m", "anonfeat"] if module else []), *args]
     procs = []
     for rank in range(world):
         e = dict(env(), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "anonfeat", *args], env=e, text=True,
+        procs.append(subprocess.Popen(command, env=e, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     out = []
     for p in procs:
@@ -113,6 +114,21 @@ def test_missing_master_address_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("RANK", "7")
     with pytest.raises(AnonfeatError, match="RANK='7'"):
         distributed.init_from_env("cpu")
+
+
+# -- gradients through the gather -----------------------------------------------------------------
+def test_gathered_nt_xent_gives_the_single_process_loss_and_gradients(tmp_path):
+    from dist_worker import gradient_worker
+
+    gradient_worker(str(tmp_path / "one.pt"))  # this process: one rank
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import dist_worker; " \
+           f"dist_worker.gradient_worker({str(tmp_path / 'two.pt')!r})"
+    ranks = launch_ranks("-c", code, world=2, module=False)
+    assert all(p.returncode == 0 for p in ranks), [p.stderr[-2000:] for p in ranks]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-6, rtol=1e-5)
+    assert float(one["weight"].abs().max()) > 1e-3
 
 
 # -- extraction ---------------------------------------------------------------------------------
