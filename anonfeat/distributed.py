@@ -550,32 +550,56 @@ def run_sharded(videos: Sequence, out: str | os.PathLike, run_one_shard: ShardFn
     return final[1]
 
 
-# -- extraction --------------------------------------------------------------------------------
+# -- store commands (extract; prune plugs in the same way) -------------------------------------
+# run(videos, store_path, options) -> result: one process's command on a list of VideoItems.
+StoreCommand = Callable[[list, Path, Any], Any]
+
+
+def run_store_command(source: str | os.PathLike | Iterable, out: str | os.PathLike, options: Any,
+                      run: StoreCommand, keep_shards: bool = False) -> Any:
+    """Run a videos-to-store command under whatever launched this process.
+
+    One process: `run(videos, out, options)`, today's behaviour, unless unmerged shards of an
+    earlier distributed run exist next to `out` (they are then resumed and merged). Under a
+    launcher: `run` per rank into its shard with `options.device` set to the rank's device and the
+    progress bar on rank 0 only, then the merge (`run_sharded`). `options` needs `device`,
+    `progress` and `compression` fields (a dataclass); `run` must accept an empty video list
+    (header-only store) and return a result with written/skipped/failed/clips/total/seconds/store.
+    """
+    from anonfeat.video.discover import find_videos
+
+    ctx = init_from_env(options.device, backend="gloo")
+    videos = find_videos(source) if isinstance(source, (str, os.PathLike)) else list(source)
+    if not ctx.enabled and not shard_dir(out).is_dir():
+        return run(videos, Path(out), options)
+    shard_options = replace(options, device=str(ctx.device))
+    show_progress = bool(options.progress) and ctx.is_main
+
+    def one_shard(items: list, path: Path):
+        return run(items, path, replace(shard_options, progress=show_progress and bool(items)))
+
+    return run_sharded(videos, out, one_shard, compression=getattr(options, "compression", None),
+                       keep_shards=keep_shards)
+
+
 def extract_sharded(source: str | os.PathLike | Iterable, out: str | os.PathLike, options=None,
                     adapter: str | os.PathLike | None = None, keep_shards: bool = False, **overrides):
-    """`anonfeat extract` under any launcher: `extract` itself for one process (unless unmerged
-    shards of an earlier distributed run exist next to `out`, which are then resumed and merged),
-    else one shard per rank merged into `out` by rank 0 (see the module docstring)."""
+    """`anonfeat extract` under any launcher (see `run_store_command`); the encoder is loaded once
+    per process however many stores it writes."""
+    from anonfeat.device import resolve_device
     from anonfeat.extract import ExtractOptions, extract
-    from anonfeat.video.discover import find_videos
 
     options = replace(options) if options is not None else ExtractOptions()
     for name, value in overrides.items():
         setattr(options, name, value)
-    ctx = init_from_env(options.device, backend="gloo")
-    videos = find_videos(source) if isinstance(source, (str, os.PathLike)) else list(source)
-    if not ctx.enabled and not shard_dir(out).is_dir():
-        return extract(videos, out, options, adapter=adapter)
-    show_progress = options.progress and ctx.is_main
-    options.device = str(ctx.device)
-    loaded = {}
+    loaded: dict = {}
 
-    def one_shard(items: list, path: Path):
+    def run(items: list, path: Path, opts):
         if "encoder" not in loaded:
             from anonfeat.encoders import load_encoder
 
-            loaded["encoder"] = load_encoder(options.encoder, options.checkpoint, options.random_init, ctx.device)
-        return extract(items, path, replace(options, progress=show_progress and bool(items)),
-                       encoder=loaded["encoder"], adapter=adapter)
+            loaded["encoder"] = load_encoder(opts.encoder, opts.checkpoint, opts.random_init,
+                                             resolve_device(opts.device))
+        return extract(items, path, opts, encoder=loaded["encoder"], adapter=adapter)
 
-    return run_sharded(videos, out, one_shard, compression=options.compression, keep_shards=keep_shards)
+    return run_store_command(source, out, options, run, keep_shards=keep_shards)

@@ -116,6 +116,42 @@ def test_missing_master_address_is_one_clear_line(monkeypatch):
         distributed.init_from_env("cpu")
 
 
+def test_run_sharded_reports_a_rank_error_and_keeps_finished_work(tmp_path):
+    """The generic driver with a store command of its own (no decoding), one process."""
+    from anonfeat.encoders.config import EncoderConfig
+    from anonfeat.extract import ExtractResult
+    from anonfeat.video.discover import VideoItem
+
+    header = StoreHeader(encoder="fake", encoder_config=EncoderConfig(name="fake", embed_dim=4),
+                         checkpoint_sha256="x", sampling={}, dim=4, dtype="float32")
+    videos = [VideoItem(k, tmp_path / k) for k in ("a.mp4", "b.mp4", "boom.mp4", "c.mp4")]
+    broken = {"boom.mp4"}
+
+    def run(items, path):
+        result = ExtractResult(store=path, total=len(items))
+        with FeatureStore(path, "a") as fs:
+            fs.initialize(header)
+            for item in items:
+                if item.key in broken:
+                    raise AnonfeatError(f"{path}: writing failed (disk full)")
+                fs.write_video(VideoRecord(item.key, np.ones((2, 4)), np.zeros((2, 2))))
+                result.written.append(item.key)
+        return result
+
+    out = tmp_path / "out.h5"
+    with pytest.raises(distributed.DistributedError, match=r"rank 0: .*disk full.*re-run the same command") as err:
+        distributed.run_sharded(videos, out, run)
+    assert not err.value.quiet and not out.exists()
+    with FeatureStore(shard_path(out, 0, 1)) as fs:
+        assert fs.videos() == ["a.mp4", "b.mp4"]  # written before the error, kept
+    broken.clear()
+    result = distributed.run_sharded(videos, out, run)
+    assert result.written == ["boom.mp4", "c.mp4"] and result.skipped == ["a.mp4", "b.mp4"]
+    with FeatureStore(out) as fs:
+        assert fs.videos() == ["a.mp4", "b.mp4", "boom.mp4", "c.mp4"]
+    assert not shard_dir(out).exists()
+
+
 # -- gradients through the gather -----------------------------------------------------------------
 def test_gathered_nt_xent_gives_the_single_process_loss_and_gradients(tmp_path):
     from dist_worker import gradient_worker
