@@ -23,6 +23,10 @@ _LAZY = {
     "sanitize_features": "anonfeat.adapter.model",
     "train_adapter": "anonfeat.adapter.train",
     "sanitize_store": "anonfeat.adapter.sanitize",
+    "train_pruner": "anonfeat.pruning.train",
+    "prune": "anonfeat.pruning.run",
+    "PruneOptions": "anonfeat.pruning.run",
+    "load_pruner": "anonfeat.pruning.io",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -3,13 +3,14 @@
 Layout (readable with plain h5py, see README "HDF5 layout"):
 
     /                     attrs: format_version, anonfeat_version, encoder, encoder_config (JSON),
-                                 checkpoint_sha256, sampling (JSON), features ("raw"|"sanitized"),
+                                 checkpoint_sha256, sampling (JSON), features ("raw"|"sanitized"|"pruned"),
                                  dtype, dim, adapter_sha256 (sanitized stores), extra (JSON)
     /videos/<rel/path>    group per video, keyed by its path relative to the input folder
         clip_features     (n_clips, dim) float16|float32
         clip_ranges       (n_clips, 2) int64: [first, last] source frame index of each clip
         static_features   (n_static, dim)   (when extracted with --static-clips N, N > 0)
         static_frames     (n_static,) int64 source frame index of each static clip
+        ...               other per-clip datasets of pruned stores (pooled_features, pruning/kept_<b>, ...)
         attrs: fps, n_frames, height, width, source, complete (set last)
     /failures/<rel/path>  group per failed video, attrs: error, source
 
@@ -261,6 +262,7 @@ class FeatureStore:
             static_features=group["static_features"][()] if "static_features" in group else None,
             static_frames=group["static_frames"][()] if "static_frames" in group else None,
             attrs={k: _plain(v) for k, v in group.attrs.items() if k != "complete"},
+            extras=_extra_datasets(group),
         )
 
     def failures(self) -> dict[str, str]:
@@ -280,7 +282,8 @@ class FeatureStore:
         self._require_writable()
         kill_point("write")
         data_bytes = sum(np.asarray(a).size for a in (record.clip_features, record.static_features) if a is not None)
-        self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + 16 * len(record.clip_ranges),
+        extra_bytes = sum(np.asarray(a).nbytes for a in record.extras.values())
+        self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + extra_bytes + 16 * len(record.clip_ranges),
                          f"video {record.key}")
         path = _h5_path(VIDEOS, record.key)
         if path in self._file:  # left incomplete by a crash, or redone: drop it, and let the file
@@ -481,6 +484,21 @@ def _check_features(name: str, data: h5py.Dataset, header: StoreHeader) -> list[
         if n_nan or n_inf:
             out.append(f"{name} holds {n_nan} NaN and {n_inf} Inf values")
     return out
+
+
+_CORE_DATASETS = {"clip_features", "clip_ranges", "static_features", "static_frames"}
+
+
+def _extra_datasets(group: h5py.Group) -> dict[str, np.ndarray]:
+    """Datasets of a video group beyond the core four (e.g. prune's pruning/kept_3), by relative name."""
+    extras: dict[str, np.ndarray] = {}
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and name not in _CORE_DATASETS:
+            extras[name] = obj[()]
+
+    group.visititems(visit)
+    return extras
 
 
 def check_compatible(existing: StoreHeader, new: StoreHeader, path: str | os.PathLike) -> None:

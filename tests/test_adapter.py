@@ -100,6 +100,16 @@ def test_train_adapter_writes_a_self_describing_file(bench):
     assert not torch.allclose(sanitize_features(loaded.model, x), x)
 
 
+def test_train_adapter_needs_no_attribute_columns_for_the_self_supervised_loss(bench, tmp_path):
+    root, labels, raw, _ = bench
+    plain = tmp_path / "labels.csv"
+    plain.write_text("".join(",".join(line.split(",")[:3]) + "\n" for line in labels.read_text().splitlines()))
+    report = train_adapter(raw, plain, tmp_path / "a.safetensors", quick(epochs=1))
+    assert report.train_videos > 0 and "privacy_probe" not in report.metrics or not report.metrics["privacy_probe"]
+    with pytest.raises(AnonfeatError, match="no private attribute"):
+        train_adapter(raw, plain, tmp_path / "b.safetensors", quick(epochs=1, privacy_loss="attributes"))
+
+
 def test_training_is_deterministic_for_a_seed(bench):
     root, labels, raw, _ = bench
     a = load_adapter(train_adapter(raw, labels, root / "s1.safetensors", quick(seed=5)).adapter).model.state_dict()

@@ -214,24 +214,31 @@ def _train(bench: Path, out: Path, **kw):
     return train_pruner(bench.parent / "videos", bench, out, **options)
 
 
-def test_apply_privacy_gradients_reverses_the_backbone_only(demo_pruner) -> None:
-    from anonfeat.pruning.train import apply_privacy_gradients, set_trainable
+def test_privacy_gradient_is_reversed_for_the_backbone_only(demo_pruner) -> None:
+    """Shared weights and the action CLS get dCE - w dP; the privacy head and privacy CLS get + dP."""
+    from anonfeat.pruning.train import add_branch_gradients, set_trainable
 
     pruner = TubeletPruner(demo_pruner.config)
     pruner.load_state_dict(demo_pruner.state_dict())
     params = set_trainable(pruner, 1)
     out = pruner(_clips(2, pruner.config.encoder))
-    loss = pruner.privacy_head(out.privacy).pow(2).mean()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    apply_privacy_gradients(pruner, params, grads, weight=0.5)
-    by_param = {id(p): g for p, g in zip(params, grads)}
+    ce = pruner.action_head(out.action).pow(2).mean()
+    privacy = pruner.privacy_head(out.privacy).pow(2).mean()
+    d_ce = dict(zip(map(id, params), torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)))
+    d_p = dict(zip(map(id, params), torch.autograd.grad(privacy, params, retain_graph=True, allow_unused=True)))
+    branch = [*pruner.privacy_head.parameters(), pruner.cls_tokens]
+    branch_grads = torch.autograd.grad(privacy, branch, retain_graph=True)
+    (ce - 0.5 * privacy).backward()
+    add_branch_gradients(pruner, branch, branch_grads, weight=0.5)
     head = pruner.privacy_head.weight
-    assert torch.equal(head.grad, by_param[id(head)])
+    assert torch.allclose(head.grad, d_p[id(head)], atol=1e-6)
     block_weight = pruner.blocks[-1].mlp.fc1.weight
-    assert torch.allclose(block_weight.grad, -0.5 * by_param[id(block_weight)])
+    assert torch.allclose(block_weight.grad, d_ce[id(block_weight)] - 0.5 * d_p[id(block_weight)], atol=1e-6)
     cls = pruner.cls_tokens
-    assert torch.allclose(cls.grad[0, 0], -0.5 * by_param[id(cls)][0, 0])
-    assert torch.allclose(cls.grad[0, 1], by_param[id(cls)][0, 1])
+    expected_action = d_ce[id(cls)][0, 0] - 0.5 * d_p[id(cls)][0, 0]
+    expected_privacy = d_ce[id(cls)][0, 1] + d_p[id(cls)][0, 1]
+    assert torch.allclose(cls.grad[0, 0], expected_action, atol=1e-6)
+    assert torch.allclose(cls.grad[0, 1], expected_privacy, atol=1e-6)
     assert pruner.blocks[0].mlp.fc1.weight.grad is None  # frozen: not in the trainable set
 
 

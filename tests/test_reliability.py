@@ -4,8 +4,8 @@ nothing raw.
 The crash harness runs the real CLI in its own session and SIGKILLs it at named points
 (anonfeat/killpoints.py, ANONFEAT_TEST_KILL_AT). After every kill the store must open with h5py
 and read in full, every complete video in it must equal the uninterrupted run's, and re-running the
-same command must end in a store equal to the uninterrupted one, video by video. `prune` joins by
-adding one entry to COMMANDS.
+same command must end in a store equal to the uninterrupted one, video by video, for extract,
+sanitize and prune (one entry each in COMMANDS).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from anonfeat.adapter.model import AnonymizingAdapter
 from anonfeat.adapter.sanitize import sanitize_store
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import ExtractOptions, extract
+from anonfeat.pruning.backbone import build_pruner
+from anonfeat.pruning.io import save_pruner
+from anonfeat.pruning.run import PruneOptions, prune
 from anonfeat.store import FeatureStore
 
 from conftest import forked_cli
@@ -41,6 +44,10 @@ EXTRACT_FLAGS = ["--encoder", "videomae-tiny", "--random-init", "--static-clips"
                  "--no-progress"]
 EXTRACT_OPTIONS = dict(encoder="videomae-tiny", random_init=True, static_clips=2, frame_stride=2, clip_stride=6,
                        batch_size=4, workers=0, device="cpu", dtype="float32", progress=False)
+PRUNE_FLAGS = ["--static-clips", "2", "--clip-stride", "6", "--batch-size", "4", "--workers", "1", "--device", "cpu",
+               "--dtype", "float32", "--no-progress"]
+PRUNE_OPTIONS = dict(static_clips=2, clip_stride=6, batch_size=4, workers=0, device="cpu", dtype="float32",
+                     progress=False)
 N_VALID = 5  # videos of the conftest video_dir; the crash folder adds one that fails (zero.mp4)
 
 
@@ -56,6 +63,8 @@ class Workspace:
     raw: Path  # uninterrupted extract of `videos`
     adapter: Path
     sanitized: Path  # uninterrupted sanitize of `raw`
+    pruner: Path
+    pruned: Path  # uninterrupted prune of `videos`
 
 
 def random_adapter(path: Path, header) -> Path:
@@ -80,7 +89,12 @@ def ws(video_dir, tmp_path_factory) -> Workspace:
         adapter = random_adapter(root / "adapter.safetensors", store.header)
     sanitized = root / "sanitized.h5"
     sanitize_store(raw, adapter, sanitized, progress=False)
-    return Workspace(videos, raw, adapter, sanitized)
+    torch.manual_seed(0)
+    model, _ = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
+    pruner = save_pruner(model, root / "pruner.safetensors", {"sampling": {"frame_stride": 2}})
+    pruned = root / "pruned.h5"
+    assert prune(videos, pruned, pruner, PruneOptions(**PRUNE_OPTIONS)).exit_code == 3
+    return Workspace(videos, raw, adapter, sanitized, pruner, pruned)
 
 
 # -- comparing stores ---------------------------------------------------------------------------
@@ -122,6 +136,14 @@ def assert_video_equal(a: FeatureStore, b: FeatureStore, key: str) -> None:
     for name in ("clip_ranges", "static_frames"):
         np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name), err_msg=f"{key} {name}")
     assert ra.attrs == rb.attrs, key
+    assert sorted(ra.extras) == sorted(rb.extras), key
+    for name, x in ra.extras.items():  # pruning datasets: kept indices exactly, scores up to float noise
+        y = rb.extras[name]
+        assert x.dtype == y.dtype and x.shape == y.shape, (key, name)
+        if np.issubdtype(x.dtype, np.integer):
+            np.testing.assert_array_equal(x, y, err_msg=f"{key} {name}")
+        else:
+            np.testing.assert_allclose(x, y, atol=2e-3, rtol=1e-3, err_msg=f"{key} {name}")
 
 
 def assert_stores_equal(path: Path, reference: Path) -> None:
@@ -168,7 +190,10 @@ COMMANDS = {
                               "--device", "cpu", "--no-progress"],
         reference=lambda ws: ws.sanitized, exit_code=0,
         kills=("write:2", "write-datasets:1", "write-mark:2", "written:1")),
-    # "prune": Command(argv=lambda ws, out: ["prune", str(ws.videos), "--pruner", ..., "--out", str(out)], ...)
+    "prune": Command(
+        argv=lambda ws, out: ["prune", str(ws.videos), "--pruner", str(ws.pruner), "--out", str(out), *PRUNE_FLAGS],
+        reference=lambda ws: ws.pruned, exit_code=3,
+        kills=("decode:3", "write-datasets:1", "write-mark:2", "written:1")),
 }
 
 

@@ -22,15 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anonfeat import distributed
 from anonfeat.adapter.data import VideoFeatures, read_training_features
 from anonfeat.adapter.io import save_adapter
 from anonfeat.adapter.losses import grl_weight, latent_consistency, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, pad_sequences
 from anonfeat.adapter.options import AdapterTrainOptions
 from anonfeat.audit.attackers import build_attacker
-from anonfeat.device import autocast, resolve_device
+from anonfeat.device import autocast
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
+from anonfeat.training import EpochProgress, seed_everything, split_validation
 
 @dataclass
 class TrainReport:
@@ -41,22 +43,6 @@ class TrainReport:
     unmatched_store: int
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
-
-
-def _seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _split_validation(data: VideoFeatures, fraction: float, seed: int) -> tuple[VideoFeatures, VideoFeatures | None]:
-    """Hold out a seeded part of the train videos to report validation utility and privacy."""
-    n_val = int(round(len(data) * fraction))
-    if n_val < 2 or len(data) - n_val < 2:
-        return data, None
-    order = np.random.default_rng(seed).permutation(len(data))
-    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
 
 
 def _statistics(data: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +100,17 @@ class AdapterTrainer:
         for module in (self.adapter, self.heads, self.privacy_head):
             module.to(device)
 
+    def _sanitize(self, z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The adapter on a batch of standardized sequences. Under torch.distributed each rank runs
+        it on its part of the rows only and the parts are gathered with gradients, so every rank
+        then computes the losses of the whole global batch: the single-process losses."""
+        if not distributed.current().enabled:
+            return self.adapter.forward_standardized(z, valid)
+        lo, hi = distributed.row_range(len(z))
+        sizes = [b - a for a, b in (distributed.row_range(len(z), r) for r in range(distributed.current().world_size))]
+        local = self.adapter.forward_standardized(z[lo:hi], None if valid is None else valid[lo:hi])
+        return distributed.all_gather_with_grad(local, sizes)
+
     def losses(self, batch: _Batch, progress: float, warmup: bool) -> dict[str, torch.Tensor]:
         o = self.options
         adapter = self.adapter
@@ -121,8 +118,8 @@ class AdapterTrainer:
         s_in = adapter.standardize(batch.static)  # (B, 2, D)
         if warmup:  # heads only, on raw (standardized) features
             return {"task": self._task_loss(z_in, batch)}
-        z_out = adapter.forward_standardized(z_in, batch.valid)
-        s_out = adapter.forward_standardized(s_in.reshape(-1, 1, s_in.shape[-1])).reshape(s_in.shape)
+        z_out = self._sanitize(z_in, batch.valid)
+        s_out = self._sanitize(s_in.reshape(-1, 1, s_in.shape[-1])).reshape(s_in.shape)
         valid = batch.valid
         terms = {
             "lc": latent_consistency(z_out[valid], z_in[valid]) + latent_consistency(s_out, s_in),
@@ -164,6 +161,28 @@ class AdapterTrainer:
         return loss
 
 
+class _LossModule(nn.Module):
+    """The trainer's modules with `losses` as forward: what DistributedDataParallel wraps."""
+
+    def __init__(self, trainer: AdapterTrainer):
+        super().__init__()
+        self.adapter, self.heads, self.privacy_head = trainer.adapter, trainer.heads, trainer.privacy_head
+        self._losses = trainer.losses
+
+    def forward(self, batch: _Batch, progress: float, warmup: bool) -> dict[str, torch.Tensor]:
+        return self._losses(batch, progress, warmup)
+
+
+def _distributed_losses(trainer: AdapterTrainer, device: torch.device):
+    """DDP over adapter and heads (gradients averaged over ranks; the loss every rank computes is
+    the global one, see AdapterTrainer._sanitize). Unused parameters: the adapter in warm-up, the
+    attribute head without --privacy-loss attributes|both."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_LossModule(trainer), device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True, broadcast_buffers=False)
+
+
 def _masked_mean(z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     weights = valid.to(z.dtype)[..., None]
     return (z * weights).sum(1) / weights.sum(1).clamp_min(1)
@@ -180,10 +199,13 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[i
 def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions) -> tuple[AdapterTrainer, list[dict]]:
     """Warm up the heads, then train adapter and heads jointly; returns the trainer and loss history."""
     options.validate()
-    device = resolve_device(options.device)
-    generator = _seed_everything(options.seed)
+    ctx = distributed.current()
+    device = distributed.rank_device(options.device, ctx.local_rank, ctx.world_size)
+    generator = seed_everything(options.seed)
     rng = random.Random(options.seed)
     trainer = AdapterTrainer(data, options, device)
+    # Every rank draws the same global batches (same seed); each runs the adapter on its rows.
+    compute_losses = _distributed_losses(trainer, device) if ctx.enabled else trainer.losses
     warm_opt = torch.optim.AdamW(trainer.heads.parameters(), lr=options.lr)
     params = [*trainer.adapter.parameters(), *trainer.heads.parameters(), *trainer.privacy_head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
@@ -191,7 +213,7 @@ def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions) -> tuple[Adap
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, options.epochs * steps_per_epoch))
     history: list[dict] = []
     total_epochs = options.warmup_epochs + options.epochs
-    with _TrainProgress(total_epochs, options.progress) as bar:
+    with EpochProgress("train-adapter", total_epochs, options.progress and ctx.is_main) as bar:
         for epoch in range(total_epochs):
             warmup = epoch < options.warmup_epochs
             sums: dict[str, float] = {}
@@ -201,7 +223,7 @@ def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions) -> tuple[Adap
                 progress = (epoch - options.warmup_epochs + step / len(batches)) / options.epochs
                 trainer.adapter.train(not warmup)
                 with autocast(device):
-                    terms = trainer.losses(batch, max(progress, 0.0), warmup)
+                    terms = compute_losses(batch, max(progress, 0.0), warmup)
                     loss = trainer.total(terms, warmup)
                 opt = warm_opt if warmup else optimizer
                 opt.zero_grad(set_to_none=True)
@@ -216,31 +238,6 @@ def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions) -> tuple[Adap
             bar.update(record)
     trainer.adapter.eval()
     return trainer, history
-
-
-class _TrainProgress:
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn("[bold]train-adapter"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("epochs {task.fields[terms]}"), TimeRemainingColumn())
-            self._task = self._bar.add_task("train", total=total, terms="")
-
-    def __enter__(self):
-        if self.enabled:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.__exit__(*exc)
-
-    def update(self, record: dict) -> None:
-        if self.enabled:
-            terms = " ".join(f"{k}={v:.3f}" for k, v in record.items() if k not in ("epoch", "phase"))
-            self._bar.update(self._task, advance=1, terms=f"[{record['phase']}] {terms}")
 
 
 @torch.no_grad()
@@ -309,11 +306,16 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     for name, value in overrides.items():
         setattr(options, name, value)
     options.validate()
+    ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,
                             require_attributes=options.privacy_loss != "ntxent")
     data = read_training_features(store, label_set, split="train")
-    fit, val = _split_validation(data, options.val_fraction, options.seed)
+    fit, val = split_validation(data, options.val_fraction, options.seed)
     trainer, history = fit_adapter(fit, options)
+    if not ctx.is_main:  # rank 0 alone evaluates and writes the adapter
+        return TrainReport(adapter=Path(out), train_videos=len(fit), val_videos=0 if val is None else len(val),
+                           unmatched_labels=data.unmatched_labels, unmatched_store=data.unmatched_store,
+                           history=history)
     metrics = {"train_top1": utility_accuracy(trainer, fit), "train_top1_raw": utility_accuracy(trainer, fit, False)}
     if val is not None:
         metrics["val_top1"] = utility_accuracy(trainer, val)
@@ -327,6 +329,8 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
         "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device")},
         "metrics": metrics,
         "final_losses": history[-1] if history else {},
+        "history": history,
+        "world_size": ctx.world_size,
     }
     path = save_adapter(trainer.adapter.cpu(), out, config)
     return TrainReport(adapter=path, train_videos=len(fit), val_videos=0 if val is None else len(val),

@@ -40,7 +40,11 @@ def train_adapter_command(
     device: str = opt.Device,
     progress: bool = opt.Progress,
 ) -> None:
-    """Train an Anonymizing Adapter on a store's train split (no video is decoded)."""
+    """Train an Anonymizing Adapter on a store's train split (no video is decoded).
+
+    Under torchrun: DistributedDataParallel, --batch-size is the global batch split over the ranks;
+    rank 0 writes the adapter (README "Running on many GPUs and nodes")."""
+    from anonfeat import distributed
     from anonfeat.adapter.train import train_adapter
 
     options = AdapterTrainOptions(
@@ -50,6 +54,10 @@ def train_adapter_command(
         w_b=w_b, w_attr=w_attr, temperature=temperature, depth=depth, heads=heads, seed=seed, device=device,
         progress=progress)
     report = train_adapter(store, labels, out, options)
+    main = distributed.is_main()
+    distributed.shutdown()
+    if not main:
+        return
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows not in the store, {report.unmatched_store} store videos unlabelled")
     metrics = report.metrics

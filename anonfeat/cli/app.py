@@ -49,6 +49,8 @@ def main() -> None:
     try:
         app()
     except AnonfeatError as exc:
+        if getattr(exc, "quiet", False):  # a distributed run's error, reported by rank 0 with its status
+            sys.exit(EXIT_OK)
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except OSError as exc:  # disk full, permission denied, ... outside the store's own checks

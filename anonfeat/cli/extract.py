@@ -11,12 +11,20 @@ from anonfeat.cli import options as opt
 from anonfeat.cli.app import app, console
 
 
-def report_store_run(result) -> None:
-    """One summary line and one line per failed video, for every store-writing command."""
+def finish_store_command(result) -> None:
+    """End a store-writing command: rank 0 (or the only process) prints one summary line and one line
+    per failed video and exits with the run's status; other ranks of a torchrun job exit quietly."""
+    from anonfeat import distributed
+
+    main = distributed.is_main()
+    distributed.shutdown()
+    if not main:
+        raise typer.Exit(0)
     console.print(f"[bold]{result.store}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
     for key, error in sorted(result.failed.items()):
         console.print(f"  [red]failed[/] {key}: {error}", highlight=False)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("extract")
@@ -39,14 +47,18 @@ def extract_command(
     compression: Optional[str] = opt.Compression,
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Write features sanitized by this adapter."),
     progress: bool = opt.Progress,
+    keep_shards: bool = opt.KeepShards,
 ) -> None:
-    """Extract clip features (and static clips) of every video into STORE; re-runs resume."""
-    from anonfeat.extract import ExtractOptions, extract
+    """Extract clip features (and static clips) of every video into STORE; re-runs resume.
+
+    Under torchrun (WORLD_SIZE > 1) each rank extracts its share into STORE.shards/ and rank 0
+    merges them into STORE (README "Running on many GPUs and nodes")."""
+    from anonfeat import distributed
+    from anonfeat.extract import ExtractOptions
 
     options = ExtractOptions(encoder=encoder, checkpoint=checkpoint, random_init=random_init, clip_len=clip_len,
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress)
-    result = extract(videos, out, options, adapter=adapter)
-    report_store_run(result)
-    raise typer.Exit(result.exit_code)
+    result = distributed.extract_sharded(videos, out, options, adapter=adapter, keep_shards=keep_shards)
+    finish_store_command(result)

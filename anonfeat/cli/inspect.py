@@ -83,6 +83,12 @@ def inspect_command(
     table.add_row("features", f"{summary['features']} {summary['dtype']}"
                   + (f", adapter {summary['adapter_sha256'][:16]}" if summary["adapter_sha256"] else ""))
     table.add_row("sampling", ", ".join(f"{k}={v}" for k, v in summary["sampling"].items()))
+    pruning = (summary.get("extra") or {}).get("pruner")
+    if pruning:
+        stages = ", ".join(f"block {b}: keep {r:g} -> {n}" for b, r, n in
+                           zip(pruning["prune_blocks"], pruning["keep_rates"], pruning["kept_counts"]))
+        table.add_row("pruning", f"{stages} of {pruning['num_tubelets']} tubelets (lambda {pruning['lam']:g}, "
+                                 f"pruner {pruning['file']})")
     table.add_row("videos", str(len(videos)))
     table.add_row("clips", str(sum(v["n_clips"] for v in videos.values())))
     table.add_row("static clips", str(sum(v["n_static"] for v in videos.values())))

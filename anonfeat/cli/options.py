@@ -29,3 +29,5 @@ ClipStride = typer.Option(None, "--clip-stride", min=1, help="Frames between cli
 NumClips = typer.Option(None, "--num-clips", min=1, help="N evenly spaced clips instead of sliding windows.")
 Resize = typer.Option("short", "--resize", help="short: short side + centre crop; full: stretch the frame.")
 Compression = typer.Option(None, "--compression", help="gzip or lzf (default: none).")
+KeepShards = typer.Option(False, "--keep-shards", help="Under torchrun: keep the per-rank shard stores "
+                          "(STORE.shards/) after merging them into STORE.")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from anonfeat.cli import options as opt
 from anonfeat.cli.app import app, console
-from anonfeat.cli.extract import report_store_run
+from anonfeat.cli.extract import finish_store_command
 from anonfeat.errors import AnonfeatError
 from anonfeat.pruning.options import PrunerTrainOptions
 
@@ -71,7 +71,13 @@ def train_pruner_command(
         warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_privacy=w_privacy, temperature=temperature,
         clip_len=clip_len, frame_stride=frame_stride, resize=resize, flip=flip, workers=workers, seed=seed,
         device=device, progress=progress)
+    from anonfeat import distributed
+
     report = train_pruner(videos, labels, out, options)
+    main = distributed.is_main()
+    distributed.shutdown()
+    if not main:
+        return
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows without a video, {report.unmatched_videos} videos unlabelled, "
                   f"{report.failed_videos} clips failed to decode")
@@ -111,14 +117,15 @@ def prune_command(
     dtype: str = opt.Dtype,
     compression: Optional[str] = opt.Compression,
     progress: bool = opt.Progress,
+    keep_shards: bool = opt.KeepShards,
 ) -> None:
-    """Pruned features (action CLS) of every video into STORE, in extract's layout; re-runs resume."""
-    from anonfeat.pruning.run import PruneOptions, prune
+    """Pruned features (action CLS) of every video into STORE, in extract's layout; re-runs resume.
+
+    Under torchrun each rank prunes its share into STORE.shards/ and rank 0 merges them."""
+    from anonfeat.pruning.run import PruneOptions, prune_sharded
 
     options = PruneOptions(clip_len=clip_len, frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                            static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                            device=device, dtype=dtype, compression=compression, progress=progress,
                            keep_ratio=keep_ratio, save_videos=save_videos, save_heatmaps=save_heatmaps)
-    result = prune(videos, out, pruner, options)
-    report_store_run(result)
-    raise typer.Exit(result.exit_code)
+    finish_store_command(prune_sharded(videos, out, pruner, options, keep_shards=keep_shards))

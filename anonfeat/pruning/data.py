@@ -103,19 +103,51 @@ class TrainingClips(Dataset):
             frames = frames[:, :, ::-1]
         clips = np.ascontiguousarray(frames[index])  # (1 or 3, T, s, s, 3)
         return {"clip": torch.from_numpy(clips[0]), "static": torch.from_numpy(clips[1:]),
-                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i]),
-                "index": i}
+                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i])}
 
 
-def collate(items: list[dict | None]) -> dict | None:
-    """Stack the decodable items; None when a whole batch failed to decode."""
+def collate(items: list[dict | None], clip_shape: tuple[int, ...], n_static: int, n_attributes: int) -> dict:
+    """Stack the decodable items (a batch may end up with none: its tensors then have 0 rows, which
+    keeps every rank of a distributed run in step)."""
     good = [item for item in items if item is not None]
-    if not good:
-        return None
-    return {"clip": torch.stack([g["clip"] for g in good]), "static": torch.stack([g["static"] for g in good]),
-            "action": torch.tensor([g["action"] for g in good]),
-            "attributes": torch.stack([g["attributes"] for g in good]),
-            "index": torch.tensor([g["index"] for g in good]), "failed": len(items) - len(good)}
+    if good:
+        clip, static = torch.stack([g["clip"] for g in good]), torch.stack([g["static"] for g in good])
+        attributes = torch.stack([g["attributes"] for g in good])
+    else:
+        clip = torch.zeros((0, *clip_shape), dtype=torch.uint8)
+        static = torch.zeros((0, n_static, *clip_shape), dtype=torch.uint8)
+        attributes = torch.zeros((0, n_attributes))
+    return {"clip": clip, "static": static, "action": torch.tensor([g["action"] for g in good], dtype=torch.long),
+            "attributes": attributes, "failed": len(items) - len(good)}
+
+
+class GlobalBatches(torch.utils.data.Sampler):
+    """Seeded batches of video indices, the same on every rank; each rank yields its own rows of each
+    (anonfeat.distributed.row_range), so ranks together see exactly the single-process batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def global_batches(self) -> list[list[int]]:
+        order = torch.arange(self.n)
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        order = order.tolist()
+        return [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+
+    def __iter__(self):
+        from anonfeat.distributed import row_range
+
+        for batch in self.global_batches():
+            lo, hi = row_range(len(batch))
+            yield batch[lo:hi]
 
 
 def normalize_clips(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -3,7 +3,7 @@ plus pruning datasets), optionally anonymized videos and score heatmaps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -83,14 +83,16 @@ def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_rat
                           "num_tubelets": cfg.encoder.num_tokens, "grid": list(cfg.encoder.grid)}})
 
 
-def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
+def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path | LoadedPruner,
           options: PruneOptions | None = None, **overrides) -> ExtractResult:
-    """Prune every video under `source` into the store `out` (re-runs resume, bad videos are recorded)."""
-    options = options or PruneOptions()
+    """Prune every video under `source` into the store `out` (re-runs resume, bad videos are recorded).
+    `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
+    options = replace(options) if options is not None else PruneOptions()
     for name, value in overrides.items():
         setattr(options, name, value)
     device = resolve_device(options.device)
-    loaded = load_pruner(pruner, device)
+    loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
+    loaded.model.to(device)
     trained = loaded.info.get("sampling", {})
     if options.frame_stride is None:
         options.frame_stride = int(trained.get("frame_stride", 4))
@@ -104,3 +106,23 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     header = pruned_header(loaded, sampling, options.dtype, options.keep_ratio)
     return write_store(source, out, header, sampling, pruner_job(loaded, options.keep_ratio, sampling, options),
                        options, device)
+
+
+def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
+                  options: PruneOptions | None = None, keep_shards: bool = False, **overrides) -> ExtractResult:
+    """`anonfeat prune` under any launcher (anonfeat.distributed.run_store_command): one process as
+    `prune`; under torchrun each rank prunes its share into a shard and rank 0 merges them. The pruner
+    is loaded once per process."""
+    from anonfeat import distributed
+
+    options = replace(options) if options is not None else PruneOptions()
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    loaded: dict[str, LoadedPruner] = {}
+
+    def run(items: list, path: Path, opts: PruneOptions) -> ExtractResult:
+        if "pruner" not in loaded:
+            loaded["pruner"] = load_pruner(pruner, resolve_device(opts.device))
+        return prune(items, path, loaded["pruner"], opts)
+
+    return distributed.run_store_command(source, out, options, run, keep_shards=keep_shards)

@@ -11,20 +11,23 @@ backbone (and the action CLS token) receives that gradient reversed, weighted by
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
+from anonfeat import distributed
 from anonfeat.adapter.losses import grl_weight, nt_xent
 from anonfeat.device import autocast, resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
 from anonfeat.pruning.backbone import build_pruner
-from anonfeat.pruning.data import LabelledVideos, TrainingClips, collate, labelled_videos, normalize_clips
+from anonfeat.pruning.data import (GlobalBatches, LabelledVideos, TrainingClips, collate, labelled_videos,
+                                   normalize_clips)
 from anonfeat.pruning.io import save_pruner
 from anonfeat.pruning.model import TubeletPruner
 from anonfeat.pruning.options import PrunerTrainOptions
@@ -54,105 +57,135 @@ def set_trainable(pruner: TubeletPruner, train_blocks: int | None) -> list[torch
     return [p for p in pruner.parameters() if p.requires_grad]
 
 
-def apply_privacy_gradients(pruner: TubeletPruner, params: list[torch.nn.Parameter],
-                            privacy_grads: tuple[torch.Tensor | None, ...], weight: float) -> None:
-    """Add the privacy loss's gradients: as they are to the privacy branch (privacy head, privacy CLS
-    token), reversed and scaled by `weight` to everything else (the gradient-reversal layer)."""
-    own = {id(p) for p in pruner.privacy_head.parameters()}
-    for param, grad in zip(params, privacy_grads):
-        if grad is None:
-            continue
-        if id(param) in own:
-            update = grad
-        elif param is pruner.cls_tokens:  # row 0 action CLS (reversed), row 1 privacy CLS (as is)
-            update = grad * torch.tensor([-weight, 1.0], device=grad.device, dtype=grad.dtype).view(1, 2, 1)
-        else:
-            update = -weight * grad
-        param.grad = update if param.grad is None else param.grad + update
+class _PrunerForward(nn.Module):
+    """Clips -> (action logits, privacy outputs): the part of a step that runs on this rank's rows
+    (what DistributedDataParallel wraps). Privacy outputs: attribute logits of the clips, or the
+    privacy-head projections of two static clips per video (NT-Xent)."""
+
+    def __init__(self, pruner: TubeletPruner):
+        super().__init__()
+        self.pruner = pruner
+
+    def forward(self, clips: torch.Tensor, statics: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.pruner(clips)
+        logits = self.pruner.action_head(out.action)
+        if statics is None:
+            return logits, self.pruner.privacy_head(out.privacy)
+        z = self.pruner.privacy_head(self.pruner(statics.flatten(0, 1)).privacy)
+        return logits, z.view(len(clips), 2, -1)
 
 
 class PrunerTrainer:
+    """One `step` per global batch. Under torch.distributed each rank runs the model on its rows,
+    the outputs are gathered with gradients and every rank computes the global losses, so the
+    result equals the single-process step at the same global batch (see anonfeat.distributed)."""
+
     def __init__(self, pruner: TubeletPruner, options: PrunerTrainOptions, device: torch.device):
         self.pruner, self.options, self.device = pruner.to(device), options, device
         enc = pruner.config.encoder
         self.mean = torch.tensor(enc.mean, device=device)
         self.std = torch.tensor(enc.std, device=device)
         self.params = set_trainable(pruner, options.train_blocks)
+        self.branch = [*pruner.privacy_head.parameters(), pruner.cls_tokens]
         self.optimizer = torch.optim.AdamW(self.params, lr=options.lr, weight_decay=options.weight_decay)
+        self.forward = _PrunerForward(pruner)
+        if distributed.current().enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.forward, device_ids=[device] if device.type == "cuda" else None,
+                                                   find_unused_parameters=True, broadcast_buffers=False)
 
     def clips(self, frames: torch.Tensor) -> torch.Tensor:
         return normalize_clips(frames.to(self.device, non_blocking=True), self.mean, self.std)
 
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def losses(self, batch: dict, sizes: list[int]) -> dict[str, torch.Tensor]:
+        """The loss terms of the global batch (`sizes`: rows per rank)."""
         cfg = self.pruner.config
-        out = self.pruner(self.clips(batch["clip"]))
-        action = batch["action"].to(self.device)
-        logits = self.pruner.action_head(out.action)
+        ntxent = cfg.privacy_loss == "ntxent"
+        statics = self.clips(batch["static"].flatten(0, 1)).unflatten(0, batch["static"].shape[:2]) if ntxent else None
+        logits, privacy = self.forward(self.clips(batch["clip"]), statics)
+        logits, privacy = (distributed.all_gather_with_grad(t, sizes) for t in (logits, privacy))
+        action = distributed.all_gather_with_grad(batch["action"].to(self.device), sizes)
         terms = {"action": F.cross_entropy(logits.float(), action),
                  "acc": (logits.argmax(1) == action).float().mean()}
-        if cfg.privacy_loss == "attributes":
-            priv = self.pruner.privacy_head(out.privacy).float()
-            terms["privacy"] = F.binary_cross_entropy_with_logits(priv, batch["attributes"].to(self.device))
+        if ntxent:
+            terms["privacy"] = nt_xent(privacy[:, 0], privacy[:, 1], self.options.temperature)
         else:
-            statics = batch["static"]
-            b = statics.shape[0]
-            z = self.pruner.privacy_head(self.pruner(self.clips(statics.flatten(0, 1))).privacy).view(b, 2, -1)
-            terms["privacy"] = nt_xent(z[:, 0], z[:, 1], self.options.temperature)
-        terms["kept"] = torch.tensor(out.final_kept.shape[1] / cfg.encoder.num_tokens if out.kept else 1.0)
+            attributes = distributed.all_gather_with_grad(batch["attributes"].to(self.device), sizes)
+            terms["privacy"] = F.binary_cross_entropy_with_logits(privacy.float(), attributes)
         return terms
 
-    def step(self, batch: dict, progress: float) -> dict[str, float]:
+    def step(self, batch: dict, sizes: list[int], progress: float) -> dict[str, float]:
+        """Privacy branch (privacy head, privacy CLS) descends the privacy loss; everything else gets
+        it reversed with weight w: one backward of CE - w * P, then the branch's own P gradient
+        (computed first) added back (1 + w) times."""
         self.pruner.train()
         with autocast(self.device):
-            terms = self.losses(batch)
+            terms = self.losses(batch, sizes)
         weight = self.options.w_privacy * grl_weight(progress)
         self.optimizer.zero_grad(set_to_none=True)
-        privacy_grads = torch.autograd.grad(terms["privacy"], self.params, retain_graph=True, allow_unused=True)
-        terms["action"].backward()
-        apply_privacy_gradients(self.pruner, self.params, privacy_grads, weight)
+        branch_grads = torch.autograd.grad(terms["privacy"], self.branch, retain_graph=True, allow_unused=True)
+        (terms["action"] - weight * terms["privacy"]).backward()
+        add_branch_gradients(self.pruner, self.branch, branch_grads, weight)
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def _loader(dataset: TrainingClips, options: PrunerTrainOptions, shuffle: bool, generator: torch.Generator | None,
-            device: torch.device) -> DataLoader:
-    workers = min(options.workers, len(dataset))
-    return DataLoader(dataset, batch_size=options.batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+def add_branch_gradients(pruner: TubeletPruner, branch: list[torch.nn.Parameter],
+                         grads: tuple[torch.Tensor | None, ...], weight: float) -> None:
+    """After backward of CE - w * P: give the privacy head and the privacy CLS row their P gradient
+    with a plus sign (+ (1 + w) * dP); averaged over ranks like DDP averages the rest."""
+    ctx = distributed.current()
+    for param, grad in zip(branch, grads):
+        if grad is None:
+            continue
+        if ctx.enabled:
+            import torch.distributed as dist
+
+            grad = grad.contiguous()
+            dist.all_reduce(grad)
+            grad = grad / ctx.world_size
+        update = (1.0 + weight) * grad
+        if param is pruner.cls_tokens:  # only row 1, the privacy CLS; row 0 keeps the reversed gradient
+            update = update * torch.tensor([0.0, 1.0], device=grad.device, dtype=grad.dtype).view(1, 2, 1)
+        param.grad = update if param.grad is None else param.grad + update
 
 
-def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrainOptions
-               ) -> tuple[PrunerTrainer, list[dict], int]:
+def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrainOptions,
+               device: torch.device | None = None) -> tuple[PrunerTrainer, list[dict], int]:
     """Train; returns the trainer, the per-epoch history and how many clips failed to decode."""
-    device = resolve_device(options.device)
-    generator = seed_everything(options.seed)
+    device = device or resolve_device(options.device)
+    seed_everything(options.seed)
     trainer = PrunerTrainer(pruner, options, device)
-    enc = pruner.config.encoder
+    cfg = pruner.config
+    enc = cfg.encoder
+    n_static = 2 if cfg.privacy_loss == "ntxent" else 0
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize,
-                            augment=True, statics=pruner.config.privacy_loss == "ntxent", flip=options.flip,
-                            seed=options.seed)
-    steps_per_epoch = math.ceil(len(dataset) / options.batch_size)
-    total = options.epochs * steps_per_epoch
-    scheduler = warmup_cosine(trainer.optimizer, options.warmup_epochs * steps_per_epoch, total)
+                            augment=True, statics=n_static > 0, flip=options.flip, seed=options.seed)
+    sampler = GlobalBatches(len(dataset), options.batch_size, options.seed)
+    gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=n_static,
+                     n_attributes=videos.attributes.shape[1])
+    total = options.epochs * len(sampler)
+    scheduler = warmup_cosine(trainer.optimizer, options.warmup_epochs * len(sampler), total)
     history, failed, step = [], 0, 0
-    with EpochProgress("train-pruner", options.epochs, options.progress) as bar:
+    ctx = distributed.current()
+    with EpochProgress("train-pruner", options.epochs, options.progress and ctx.is_main) as bar:
         for epoch in range(options.epochs):
             dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=min(options.workers, len(dataset)),
+                                collate_fn=gather, pin_memory=device.type == "cuda")
             sums, batches = {}, 0
-            for batch in _loader(dataset, options, True, generator, device):
-                if batch is None or len(batch["action"]) < 2:
-                    failed += 0 if batch is None else batch["failed"]
-                    step += 1
-                    scheduler.step()
-                    continue
-                failed += batch["failed"]
-                terms = trainer.step(batch, step / total)
+            for batch in loader:
+                sizes = [int(n) for n in distributed.all_gather_objects(len(batch["action"]))] if ctx.enabled \
+                    else [len(batch["action"])]
+                failed += sum(distributed.all_gather_objects(batch["failed"])) if ctx.enabled else batch["failed"]
+                if sum(sizes) >= 2:  # every rank takes the same decision: collectives stay in step
+                    for name, value in trainer.step(batch, sizes, step / total).items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    batches += 1
                 scheduler.step()
                 step += 1
-                batches += 1
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value
             record = {"epoch": epoch + 1, **{k: v / max(batches, 1) for k, v in sums.items()},
                       "grl": grl_weight(step / total)}
             history.append(record)
@@ -172,10 +205,14 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
     enc = pruner.config.encoder
     mean, std = torch.tensor(enc.mean, device=device), torch.tensor(enc.std, device=device)
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize, augment=False)
+    gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=0,
+                     n_attributes=videos.attributes.shape[1])
+    loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=min(options.workers, len(dataset)),
+                        collate_fn=gather)
     pruner.eval()
     predictions, targets, priv, attrs = [], [], [], []
-    for batch in _loader(dataset, options, False, None, device):
-        if batch is None:
+    for batch in loader:
+        if not len(batch["action"]):
             continue
         with autocast(device):
             out = pruner(normalize_clips(batch["clip"].to(device), mean, std), keep_ratio)
@@ -198,6 +235,7 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
     for name, value in overrides.items():
         setattr(options, name, value)
     options.validate()
+    ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes, seed=options.seed,
                             require_attributes=False)
     attributes = label_set.attribute_names
@@ -214,7 +252,12 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
         options.encoder, options.checkpoint, options.random_init, actions=tuple(videos.action_classes),
         attributes=tuple(attributes), privacy_loss=privacy_loss, prune_blocks=tuple(options.prune_blocks),
         keep_rates=tuple(options.keep_rates), lam=options.lam, num_frames=options.clip_len)
-    trainer, history, failed = fit_pruner(pruner, fit, options)
+    trainer, history, failed = fit_pruner(pruner, fit, options, ctx.device)
+    report = PrunerTrainReport(pruner=Path(out), train_videos=len(fit), val_videos=0 if val is None else len(val),
+                               unmatched_labels=videos.unmatched_labels, unmatched_videos=videos.unmatched_videos,
+                               failed_videos=failed, history=history)
+    if not ctx.is_main:  # rank 0 alone evaluates and writes the pruner
+        return report
     metrics = {}
     if val is not None:
         metrics["val"] = evaluate(pruner, val, options)
@@ -226,8 +269,8 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
         "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device", "extra")},
         "metrics": metrics,
         "final_losses": history[-1] if history else {},
+        "history": history,
+        "world_size": ctx.world_size,
     }
-    path = save_pruner(pruner.cpu(), out, info)
-    return PrunerTrainReport(pruner=path, train_videos=len(fit), val_videos=0 if val is None else len(val),
-                             unmatched_labels=videos.unmatched_labels, unmatched_videos=videos.unmatched_videos,
-                             failed_videos=failed, history=history, metrics=metrics)
+    report.pruner, report.metrics = save_pruner(pruner.cpu(), out, info), metrics
+    return report
