@@ -13,8 +13,9 @@ anonfeat extract "$OUT/bench/videos" --out "$OUT/raw.h5" --encoder videomae-demo
     --frame-stride 2 --clip-stride 8 --static-clips 4 --workers 1 --batch-size 32
 echo "[demo] 3/6 inspect"
 anonfeat inspect "$OUT/raw.h5"
-echo "[demo] 4/6 train-adapter on the train split (self-supervised privacy loss, no attribute labels)"
-anonfeat train-adapter "$OUT/raw.h5" --labels "$OUT/bench/labels.csv" --out "$OUT/adapter.safetensors"
+echo "[demo] 4/6 train-adapter on the train split (attribute decorrelation on the train labels)"
+anonfeat train-adapter "$OUT/raw.h5" --labels "$OUT/bench/labels.csv" --out "$OUT/adapter.safetensors" \
+    --privacy-loss attributes --attr-loss decorrelate --w-attr 5
 echo "[demo] 5/6 sanitize"
 rm -f "$OUT/sanitized.h5"
 anonfeat sanitize "$OUT/raw.h5" --adapter "$OUT/adapter.safetensors" --out "$OUT/sanitized.h5"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from anonfeat.adapter.io import load_adapter, save_adapter
-from anonfeat.adapter.losses import grl_weight, nt_xent, reverse_gradient
+from anonfeat.adapter.losses import attribute_correlation, grl_weight, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, sanitize_features
 from anonfeat.adapter.sanitize import sanitize_store
 from anonfeat.adapter.train import AdapterTrainOptions, train_adapter
@@ -63,6 +63,28 @@ def test_nt_xent_is_low_for_recognizable_pairs_and_reverse_gradient_flips():
     reverse_gradient(x, 0.5).sum().backward()
     assert torch.equal(x.grad, torch.full((3,), -0.5))
     assert grl_weight(0.0) == 0.0 and 0.99 < grl_weight(1.0) < 1.0
+
+
+def test_attribute_correlation_sees_linear_leakage_only():
+    torch.manual_seed(0)
+    y = (torch.rand(2000, 2) > 0.5).float()
+    noise = torch.randn(2000, 16)
+    leaky = noise.clone()
+    leaky[:, 3] = y[:, 0] * 2 + 0.1 * noise[:, 3]  # one dimension carries attribute 0
+    assert attribute_correlation(leaky, y) > 0.45  # ~1 for attribute 0, ~0 for attribute 1, averaged
+    assert attribute_correlation(noise, y) < 0.02  # ~D/n for independent features
+    # scale-free: shrinking the features does not lower it
+    torch.testing.assert_close(attribute_correlation(leaky * 0.1, y), attribute_correlation(leaky, y), rtol=1e-4, atol=1e-5)
+    # an attribute with one value among the rows contributes nothing
+    constant = torch.cat([y[:, :1], torch.ones(2000, 1)], dim=1)
+    torch.testing.assert_close(attribute_correlation(leaky, constant), attribute_correlation(leaky, y[:, :1]) / 2)
+    # descending it removes the leaking direction
+    z = leaky.clone()
+    for _ in range(20):
+        z.requires_grad_(True)
+        grad, = torch.autograd.grad(attribute_correlation(z, y), z)
+        z = (z - 0.02 * grad / grad.norm() * z.norm()).detach()
+    assert attribute_correlation(z, y) < 0.5 * attribute_correlation(leaky, y)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +142,14 @@ def test_training_is_deterministic_for_a_seed(bench):
 
 def test_supervised_privacy_loss_runs(bench):
     root, labels, raw, _ = bench
-    report = train_adapter(raw, labels, root / "attr.safetensors", quick(privacy_loss="both"))
+    report = train_adapter(raw, labels, root / "attr.safetensors", quick(privacy_loss="both", attr_loss="grl"))
     assert "attr" in report.history[-1]
+    report = train_adapter(raw, labels, root / "dec.safetensors", quick(privacy_loss="attributes",
+                                                                          attr_loss="decorrelate"))
+    assert "attr" in report.history[-1] and "ntxent" in report.history[-1]
+    assert load_adapter(report.adapter).config["training"]["attr_loss"] == "decorrelate"
+    with pytest.raises(AnonfeatError, match="--attr-loss"):
+        AdapterTrainOptions(attr_loss="nope").validate()
 
 
 def test_sanitize_and_extract_with_adapter_agree_and_leak_no_raw_features(bench):

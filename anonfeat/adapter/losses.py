@@ -32,6 +32,24 @@ def latent_consistency(sanitized: torch.Tensor, raw: torch.Tensor) -> torch.Tens
     return F.mse_loss(sanitized.float(), raw.float())
 
 
+def attribute_correlation(features: torch.Tensor, attributes: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Squared Pearson correlations between every feature dimension and every binary attribute,
+    summed over dimensions and averaged over attributes (rows are samples).
+
+    Zero exactly when the cross-covariance of features and attributes is zero, the condition under
+    which no linear (least-squares) predictor beats the constant one (linear guardedness, as in
+    LEACE). An attribute with one value only among the rows contributes zero.
+    """
+    z = features.float()
+    y = attributes.float()
+    z = z - z.mean(0)
+    y = y - y.mean(0)
+    z = z / (z.pow(2).mean(0).sqrt() + eps)
+    y = y / (y.pow(2).mean(0).sqrt() + eps)
+    corr = z.T @ y / len(z)  # (D, k)
+    return corr.pow(2).sum(0).mean()
+
+
 class _GradientReversal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from anonfeat.errors import AnonfeatError
 
 PRIVACY_LOSSES = ("ntxent", "attributes", "both")
+ATTRIBUTE_LOSSES = ("decorrelate", "grl")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class AdapterTrainOptions:
     w_t: float = 1.0
     w_b: float = 1.0
     w_attr: float = 1.0
+    attr_loss: str = "decorrelate"  # supervised term: "decorrelate" (feature-attribute correlation) or "grl" (adversarial head)
     temperature: float = 0.1
     pairs: str = "all"  # "static" (the paper's), or "all": static, clip and static-clip pairs
     max_clips: int = 32  # clips per video per step (a random window), bounds memory on long videos
@@ -39,6 +41,8 @@ class AdapterTrainOptions:
     def validate(self) -> None:
         if self.privacy_loss not in PRIVACY_LOSSES:
             raise AnonfeatError(f"--privacy-loss {self.privacy_loss!r}: choose ntxent, attributes or both")
+        if self.attr_loss not in ATTRIBUTE_LOSSES:
+            raise AnonfeatError(f"--attr-loss {self.attr_loss!r}: choose decorrelate or grl")
         if self.pairs not in ("static", "all"):
             raise AnonfeatError(f"--pairs {self.pairs!r}: choose static or all")
         if self.epochs < 1 or self.batch_size < 2:

@@ -5,7 +5,11 @@ Loss (DESIGN.md section 1, extended where the probe showed the paper's form fall
     privacy = NT-Xent(f_A(s1), f_A(s2))                  static clips of one video (paper)
             + NT-Xent(f_A(c_a), f_A(c_b))                two motion clips of one video (clip pairs)
             + NT-Xent(f_A(s1), f_A(c_a))                 a static and a motion clip of one video
-    optional supervised term: BCE of attribute heads through gradient reversal (--privacy-loss).
+    optional supervised term (--privacy-loss attributes|both), added with weight w_attr:
+      decorrelate (default --attr-loss): sum over feature dims of squared Pearson correlation with
+        each private attribute, per view (sanitized static-clip rows, sanitized clip rows), every
+        row carrying its video's labels; zero cross-covariance leaves no linear attacker signal;
+      grl: BCE of an MLP attribute head through gradient reversal.
 All terms are computed on standardized features (train statistics, stored with the adapter).
 Heads are warmed up on raw features first, then trained jointly with the adapter.
 """
@@ -25,7 +29,7 @@ from torch import nn
 from anonfeat import distributed
 from anonfeat.adapter.data import VideoFeatures, read_training_features
 from anonfeat.adapter.io import save_adapter
-from anonfeat.adapter.losses import grl_weight, latent_consistency, nt_xent, reverse_gradient
+from anonfeat.adapter.losses import attribute_correlation, grl_weight, latent_consistency, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, pad_sequences
 from anonfeat.adapter.options import AdapterTrainOptions
 from anonfeat.audit.attackers import build_attacker
@@ -136,7 +140,13 @@ class AdapterTrainer:
                     privacy = privacy + nt_xent(clip_a[paired], clip_b[paired], o.temperature)
                 privacy = privacy + nt_xent(s_out[:, 0], clip_a, o.temperature)
         terms["ntxent"] = privacy
-        if self.use_attributes:
+        if self.use_attributes and o.attr_loss == "decorrelate":
+            # Per view (the audit's two attackers), every clip row carries its video's attributes.
+            per_clip = batch.attributes[:, None].expand(*valid.shape, -1)[valid]
+            per_static = batch.attributes[:, None].expand(*s_out.shape[:2], -1).reshape(-1, batch.attributes.shape[1])
+            terms["attr"] = (attribute_correlation(s_out.reshape(-1, s_out.shape[-1]), per_static)
+                             + attribute_correlation(z_out[valid], per_clip))
+        elif self.use_attributes:
             weight = grl_weight(progress)
             video_repr = torch.cat([_masked_mean(z_out, valid), s_out[:, 0]])
             logits = self.privacy_head(reverse_gradient(video_repr, weight))

@@ -33,6 +33,7 @@ def train_adapter_command(
     w_t: float = typer.Option(D.w_t, "--w-t", help="Utility weight (paper: 1)."),
     w_b: float = typer.Option(D.w_b, "--w-b", help="NT-Xent privacy weight (paper: 1)."),
     w_attr: float = typer.Option(D.w_attr, "--w-attr", help="Supervised attribute privacy weight."),
+    attr_loss: str = typer.Option(D.attr_loss, "--attr-loss", help="Supervised term of --privacy-loss attributes|both: decorrelate (squared feature-attribute correlations, per view) or grl (MLP head through gradient reversal)."),
     temperature: float = typer.Option(D.temperature, "--temperature"),
     depth: int = typer.Option(D.depth, "--depth", min=1, help="Attention blocks (paper: 3)."),
     heads: int = typer.Option(D.heads, "--heads", min=1, help="Attention heads (paper: 8)."),
@@ -51,7 +52,7 @@ def train_adapter_command(
         tasks=tuple(task or ("action",)), privacy_loss=privacy_loss,
         attributes=[a.strip() for a in attributes.split(",") if a.strip()] if attributes else None,
         pairs=pairs, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_lc=w_lc, w_t=w_t,
-        w_b=w_b, w_attr=w_attr, temperature=temperature, depth=depth, heads=heads, seed=seed, device=device,
+        w_b=w_b, w_attr=w_attr, attr_loss=attr_loss, temperature=temperature, depth=depth, heads=heads, seed=seed, device=device,
         progress=progress)
     report = train_adapter(store, labels, out, options)
     main = distributed.is_main()
