@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from anonfeat.errors import AnonfeatError
+from anonfeat.options import with_overrides
 
 RESULT_KEYS = ("decode_cps", "encode_cps", "e2e_cps", "naive_cps", "sanitize_cps", "speedup_vs_naive",
                "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device")
@@ -509,9 +510,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
     from anonfeat.encoders import load_encoder
     from anonfeat.extract import sampling_for, ExtractOptions
 
-    options = options or BenchOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, BenchOptions, overrides)
     log = log or (lambda message: None)
     if options.repeats < 1 or options.videos < 1 or options.frames < 1 or options.naive_videos < 1:
         raise AnonfeatError("--repeats, --videos, --frames and --naive-videos must be at least 1")

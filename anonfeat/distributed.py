@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from anonfeat.errors import AnonfeatError
+from anonfeat.options import with_overrides
 
 # Collectives wait this long (seconds) before giving up. Extraction ranks meet only at the start
 # and at the end, so the fastest rank waits for the slowest one in a barrier: the default is long.
@@ -589,9 +590,7 @@ def extract_sharded(source: str | os.PathLike | Iterable, out: str | os.PathLike
     from anonfeat.device import resolve_device
     from anonfeat.extract import ExtractOptions, extract
 
-    options = replace(options) if options is not None else ExtractOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, ExtractOptions, overrides)
     loaded: dict = {}
 
     def run(items: list, path: Path, opts):

@@ -24,10 +24,12 @@ from torch.utils.data import DataLoader
 from anonfeat.device import autocast, resolve_device
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
+from anonfeat.options import with_overrides
+from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 from anonfeat.video.discover import VideoItem, find_videos
-from anonfeat.video.sampling import Sampling
 from anonfeat.video.reader import _first_line
+from anonfeat.video.sampling import Sampling
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
 
 # (clip_features (n, D), static_features (m, D) | None) -> same: the anonymizing adapter.
@@ -236,9 +238,7 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     `encoder` may be passed already loaded (the options' encoder/checkpoint are then ignored).
     With `adapter` (a file from train-adapter) the store receives sanitized features only.
     """
-    options = options or ExtractOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, ExtractOptions, overrides)
     _check_options(options)
     device = resolve_device(options.device)
     if encoder is None:
@@ -365,35 +365,23 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             result.failed[key] = "decoding stopped before all clips were read"
 
 
-class _Progress:
-    """A rich progress bar over videos with clips/s; silent when disabled."""
+class _Progress(RichBar):
+    """A progress bar over videos with clips/s and the failure count."""
 
     def __init__(self, label: str, total: int, enabled: bool, result: ExtractResult):
-        self.enabled, self.result = enabled, result
+        self.result = result
         self.started = time.perf_counter()
+        columns = []
         if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("videos"), TextColumn("{task.fields[rate]}"),
-                                 TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
-                                 TextColumn("eta"), TimeRemainingColumn())
-            self._task = self._bar.add_task("extract", total=total, rate="", failed="")
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)
+            columns = [TextColumn("videos"), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[failed]}"),
+                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        super().__init__(enabled, label, total, columns, rate="", failed="")
 
     def advance(self, key: str, failed: bool = False) -> None:
         if not self.enabled:
             return
         rate = self.result.clips / max(time.perf_counter() - self.started, 1e-9)
         n_failed = len(self.result.failed)
-        self._bar.update(self._task, advance=1, rate=f"{rate:.1f} clips/s",
-                         failed=f"[red]{n_failed} failed[/]" if n_failed else "")
+        self.step(rate=f"{rate:.1f} clips/s", failed=f"[red]{n_failed} failed[/]" if n_failed else "")

@@ -9,6 +9,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 import torch
 
+from anonfeat.progress import RichBar
+
 
 class _Subsettable(Protocol):
     def __len__(self) -> int: ...
@@ -46,30 +48,17 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class EpochProgress:
-    """A rich progress bar over epochs showing the last epoch's loss terms; silent when disabled."""
+class EpochProgress(RichBar):
+    """A progress bar over epochs showing the last epoch's loss terms."""
 
     def __init__(self, label: str, total: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("epochs {task.fields[terms]}"), TimeRemainingColumn())
-            self._task = self._bar.add_task(label, total=total, terms="")
-
-    def __enter__(self) -> "EpochProgress":
-        if self.enabled:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)
+        columns = [TextColumn("epochs {task.fields[terms]}"), TimeRemainingColumn()] if enabled else []
+        super().__init__(enabled, label, total, columns, terms="")
 
     def update(self, record: dict) -> None:
-        if self.enabled:
-            terms = " ".join(f"{k}={v:.3f}" for k, v in record.items()
-                             if k not in ("epoch", "phase") and isinstance(v, float))
-            phase = f"[{record['phase']}] " if "phase" in record else ""
-            self._bar.update(self._task, advance=1, terms=f"{phase}{terms}")
+        terms = " ".join(f"{k}={v:.3f}" for k, v in record.items()
+                         if k not in ("epoch", "phase") and isinstance(v, float))
+        phase = f"[{record['phase']}] " if "phase" in record else ""
+        self.step(terms=f"{phase}{terms}")

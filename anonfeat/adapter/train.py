@@ -36,6 +36,7 @@ from anonfeat.audit.attackers import build_attacker
 from anonfeat.device import autocast
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
+from anonfeat.options import with_overrides
 from anonfeat.training import EpochProgress, seed_everything, split_validation
 
 @dataclass
@@ -312,9 +313,7 @@ def _probe_inputs(adapter: AnonymizingAdapter, data: VideoFeatures, view: str, s
 def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
                   options: AdapterTrainOptions | None = None, **overrides) -> TrainReport:
     """`anonfeat train-adapter`: fit on the train split of `labels`, write the adapter to `out`."""
-    options = options or AdapterTrainOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, AdapterTrainOptions, overrides)
     options.validate()
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,

@@ -3,7 +3,7 @@ plus pruning datasets), optionally anonymized videos and score heatmaps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -12,6 +12,7 @@ import torch
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for, write_store
+from anonfeat.options import with_overrides
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.store import StoreHeader, VideoRecord
@@ -87,9 +88,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
           options: PruneOptions | None = None, **overrides) -> ExtractResult:
     """Prune every video under `source` into the store `out` (re-runs resume, bad videos are recorded).
     `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
-    options = replace(options) if options is not None else PruneOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, PruneOptions, overrides)
     device = resolve_device(options.device)
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
     loaded.model.to(device)
@@ -115,9 +114,7 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
     is loaded once per process."""
     from anonfeat import distributed
 
-    options = replace(options) if options is not None else PruneOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, PruneOptions, overrides)
     loaded: dict[str, LoadedPruner] = {}
 
     def run(items: list, path: Path, opts: PruneOptions) -> ExtractResult:

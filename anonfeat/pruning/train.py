@@ -25,6 +25,7 @@ from anonfeat.adapter.losses import grl_weight, nt_xent
 from anonfeat.device import autocast, resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
+from anonfeat.options import with_overrides
 from anonfeat.pruning.backbone import build_pruner
 from anonfeat.pruning.data import (GlobalBatches, LabelledVideos, TrainingClips, collate, labelled_videos,
                                    normalize_clips)
@@ -231,9 +232,7 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
 def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
                  options: PrunerTrainOptions | None = None, **overrides) -> PrunerTrainReport:
     """`anonfeat train-pruner`: fit on the train split of `labels`, write the pruner to `out`."""
-    options = options or PrunerTrainOptions()
-    for name, value in overrides.items():
-        setattr(options, name, value)
+    options = with_overrides(options, PrunerTrainOptions, overrides)
     options.validate()
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes, seed=options.seed,
