@@ -233,3 +233,15 @@ def test_framewise_timm_encoder_extracts_real_video(video_dir, tmp_path):
         assert fs.header.encoder == "timm:test_vit"
         feats = fs.clip_features("a.mp4")
         assert feats.shape == (2, fs.header.dim) and np.isfinite(feats).all()
+
+
+def test_api_overrides_copy_the_options_and_refuse_unknown_names(tmp_path):
+    from anonfeat.options import with_overrides
+
+    options = ExtractOptions(batch_size=4)
+    copy = with_overrides(options, ExtractOptions, {"batch_size": 8})
+    assert copy.batch_size == 8 and options.batch_size == 4  # the caller's object is untouched
+    assert with_overrides(None, ExtractOptions, {}).batch_size == ExtractOptions().batch_size
+    with pytest.raises(TypeError, match="unknown ExtractOptions option.*batchsize"):
+        extract(tmp_path, tmp_path / "x.h5", options, batchsize=8)
+    assert not (tmp_path / "x.h5").exists()
