@@ -155,6 +155,14 @@ class FrameReader:
         except Exception as exc:
             raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}") from None
 
+    def close(self) -> None:
+        """Release the decoders now (the frame cache is dropped too)."""
+        if self._sequential is not None:
+            self._sequential.close()
+            self._sequential = None
+        self._reader = None
+        self._cache = {}
+
     def frames(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unique frames (F, h, w, 3) uint8 for `indices` and the position of each index in them.
 
@@ -201,9 +209,12 @@ class SequentialDecoder:
             self._index_of = {p: i for i, p in enumerate(self._pts)}
             if len(self._index_of) != len(self._pts):
                 raise ValueError("two frames with the same timestamp")
+            # One decoding thread whatever `num_threads` says (workers are the parallelism): FFmpeg's
+            # own threads would outlive a reader that is not closed, and a process forked meanwhile
+            # (DataLoader workers, a forked CLI) deadlocks when it frees their codec context.
             ctx = stream.codec_context
-            ctx.thread_count = num_threads
-            ctx.thread_type = "AUTO" if num_threads != 1 else "SLICE"
+            ctx.thread_count = 1
+            ctx.thread_type = "SLICE"
             self._stream = stream
             self._size = (out_w, out_h)
             self._graph = None
@@ -219,6 +230,7 @@ class SequentialDecoder:
     def close(self) -> None:
         self._frames = None
         self._graph = None
+        self._stream = None
         self._container.close()
 
     def _seek(self, index: int) -> None:
