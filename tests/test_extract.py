@@ -124,6 +124,31 @@ def test_overlapping_clips_decode_each_frame_once(video_dir, monkeypatch, tmp_pa
     assert sorted(decoded) == needed.tolist()  # every needed frame decoded exactly once
 
 
+@pytest.mark.parametrize("key", EXPECTED_KEYS)
+def test_frames_are_decords_pixels_in_any_order(video_dir, key):
+    """The PyAV reader (bounded memory) gives decord's pixels bit for bit, forward, sparse and backward."""
+    reader = FrameReader(video_dir / key, 112)
+    assert reader._sequential is not None  # these videos are served without decord's reader
+    n = reader.info.n_frames
+    reference = decord.VideoReader(str(video_dir / key), width=reader._out_w, height=reader._out_h)
+    for indices in ([0], list(range(0, n, 2)), [n - 1], sorted({0, n // 2, n - 1}), list(range(n))):
+        np.testing.assert_array_equal(reader._decode(indices), reference.get_batch(indices).asnumpy())
+
+
+def test_decord_takes_over_when_the_pyav_path_fails(video_dir, monkeypatch):
+    from anonfeat.video import reader as reader_module
+
+    def failing(self, indices):
+        raise ValueError("no")
+
+    monkeypatch.setattr(reader_module.SequentialDecoder, "get", failing)
+    reader = FrameReader(video_dir / "a.mp4", 112)
+    frames, _ = reader.frames(np.arange(0, 8)[None])
+    reference = decord.VideoReader(str(video_dir / "a.mp4"), width=reader._out_w, height=reader._out_h)
+    np.testing.assert_array_equal(frames, reference.get_batch(list(range(8))).asnumpy())
+    assert reader._sequential is None and reader._reader is not None
+
+
 def _item(root: Path, key: str):
     from anonfeat.video.discover import VideoItem
 

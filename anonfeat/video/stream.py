@@ -61,6 +61,7 @@ Message = VideoStart | ClipChunk | VideoFailed
 def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips: int,
                num_threads: int = 0) -> Iterator[Message]:
     """All messages for one video; failures become a final VideoFailed instead of raising."""
+    reader = None
     try:
         reader = FrameReader(item.path, input_size, sampling.resize, num_threads=num_threads)
         info = reader.info
@@ -85,6 +86,9 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
         yield VideoFailed(item.key, str(item.path), str(exc))
     except Exception as exc:  # a bad video must never stop the run
         yield VideoFailed(item.key, str(item.path), f"{type(exc).__name__}: {_first_line(exc)}")
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 class VideoClipStream(IterableDataset):
