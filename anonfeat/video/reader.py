@@ -89,7 +89,7 @@ def decode_size(height: int, width: int, input_size: int, resize: str) -> tuple[
 
 
 class FrameReader:
-    """Random access to a video's frames through decord, with a cache of the last chunk's frames."""
+    """Random access to a video's frames (PyAV, decord as fallback), with a cache of the last chunk's frames."""
 
     def __init__(self, path: str | Path, input_size: int, resize: str = "short", num_threads: int = 0):
         self.path = Path(path)
