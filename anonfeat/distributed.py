@@ -179,14 +179,17 @@ def is_main() -> bool:
     return _CONTEXT.is_main
 
 
-def shutdown() -> None:
-    """Leave the process group if `init_from_env` created it."""
+def shutdown() -> bool:
+    """Leave the process group if `init_from_env` created it. Returns whether this process was rank 0
+    (or the only one): the process that reports a command's result."""
     global _CONTEXT, _OWNS_GROUP, _GATHER_GROUP
     import torch.distributed as dist
 
+    main = _CONTEXT.is_main
     if _OWNS_GROUP and dist.is_initialized():
         dist.destroy_process_group()
     _CONTEXT, _OWNS_GROUP, _GATHER_GROUP = DistContext(), False, None
+    return main
 
 
 # -- small-object collectives (no-ops for one process) ----------------------------------------

@@ -46,15 +46,13 @@ class ClipJob:
 
     infer: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     input: EncoderConfig  # clip length, input size, mean and std the model expects
-    dim: int
     transform: FeatureTransform | None = None
     on_video: Callable[[VideoRecord], None] | None = None
     label: str = "extract"
 
 
 def encoder_job(encoder: nn.Module, transform: FeatureTransform | None = None) -> ClipJob:
-    return ClipJob(infer=lambda clips: {FEATURES: encoder(clips)}, input=encoder.config,
-                   dim=encoder.config.embed_dim, transform=transform)
+    return ClipJob(infer=lambda clips: {FEATURES: encoder(clips)}, input=encoder.config, transform=transform)
 
 
 @dataclass
@@ -213,11 +211,13 @@ def sampling_for(options: ExtractOptions, clip_len_default: int) -> Sampling:
                     static_clips=options.static_clips, resize=options.resize)
 
 
-def store_header(encoder: nn.Module, sampling: Sampling, dtype: str) -> StoreHeader:
-    cfg = encoder.config
-    return StoreHeader(encoder=cfg.name, encoder_config=cfg, checkpoint_sha256=encoder.checkpoint_sha256,
+def store_header(cfg: EncoderConfig, checkpoint_sha256: str, sampling: Sampling, dtype: str,
+                 **fields) -> StoreHeader:
+    """The root header of a store made by `cfg`'s model with these weights and this sampling;
+    `fields`: the other StoreHeader fields (features, extra, ...)."""
+    return StoreHeader(encoder=cfg.name, encoder_config=cfg, checkpoint_sha256=checkpoint_sha256,
                        sampling={**sampling.to_dict(), "input_size": cfg.img_size}, dim=cfg.embed_dim,
-                       dtype=dtype)
+                       dtype=dtype, **fields)
 
 
 def _check_options(options: ExtractOptions) -> None:
@@ -249,7 +249,7 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         encoder = encoder.to(device).eval()
     cfg = encoder.config
     sampling = sampling_for(options, cfg.clip_len)
-    header = store_header(encoder, sampling, options.dtype)
+    header = store_header(cfg, encoder.checkpoint_sha256, sampling, options.dtype)
     transform = None
     if adapter is not None:
         from anonfeat.adapter.io import load_adapter

@@ -486,15 +486,12 @@ def _check_features(name: str, data: h5py.Dataset, header: StoreHeader) -> list[
     return out
 
 
-_CORE_DATASETS = {"clip_features", "clip_ranges", "static_features", "static_frames"}
-
-
 def _extra_datasets(group: h5py.Group) -> dict[str, np.ndarray]:
     """Datasets of a video group beyond the core four (e.g. prune's pruning/kept_3), by relative name."""
     extras: dict[str, np.ndarray] = {}
 
     def visit(name: str, obj) -> None:
-        if isinstance(obj, h5py.Dataset) and name not in _CORE_DATASETS:
+        if isinstance(obj, h5py.Dataset) and name not in _VIDEO_DATASETS:
             extras[name] = obj[()]
 
     group.visititems(visit)

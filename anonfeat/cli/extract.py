@@ -16,9 +16,7 @@ def finish_store_command(result) -> None:
     per failed video and exits with the run's status; other ranks of a torchrun job exit quietly."""
     from anonfeat import distributed
 
-    main = distributed.is_main()
-    distributed.shutdown()
-    if not main:
+    if not distributed.shutdown():
         raise typer.Exit(0)
     console.print(f"[bold]{result.store}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")

@@ -20,9 +20,9 @@ def store_summary(path: Path) -> dict:
         header = store.header
         videos = {}
         for key in store.videos():
-            record = store.read_video(key)
-            videos[key] = {"n_clips": int(record.clip_features.shape[0]), "dim": int(record.clip_features.shape[1]),
-                           "n_static": 0 if record.static_features is None else int(record.static_features.shape[0])}
+            clips, statics = store.clip_features(key), store.static_features(key)  # not the pruning datasets
+            videos[key] = {"n_clips": int(clips.shape[0]), "dim": int(clips.shape[1]),
+                           "n_static": 0 if statics is None else int(statics.shape[0])}
         return {
             "encoder": {"name": header.encoder, "config": header.encoder_config.to_dict(),
                         "checkpoint_sha256": header.checkpoint_sha256},

@@ -74,9 +74,7 @@ def train_pruner_command(
     from anonfeat import distributed
 
     report = train_pruner(videos, labels, out, options)
-    main = distributed.is_main()
-    distributed.shutdown()
-    if not main:
+    if not distributed.shutdown():  # other ranks of a torchrun job: rank 0 reports
         return
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows without a video, {report.unmatched_videos} videos unlabelled, "

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError, VideoError
 from anonfeat.labels import Labels, match_videos
 from anonfeat.video.discover import VideoItem, find_videos
@@ -83,6 +84,7 @@ class TrainingClips(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, i))
         size = self.input_size
         decode = round(size * CROP_MARGIN) if self.augment else size
+        reader = None
         try:
             reader = FrameReader(self.videos.items[i].path, decode, self.resize, num_threads=1)
             n = reader.info.n_frames
@@ -95,6 +97,9 @@ class TrainingClips(Dataset):
             frames, index = reader.frames(np.stack(rows))
         except VideoError:
             return None
+        finally:
+            if reader is not None:
+                reader.close()
         h, w = frames.shape[1:3]
         top = int(rng.integers(0, h - size + 1)) if self.augment else (h - size) // 2
         left = int(rng.integers(0, w - size + 1)) if self.augment else (w - size) // 2
@@ -125,8 +130,8 @@ class GlobalBatches(torch.utils.data.Sampler):
     """Seeded batches of video indices, the same on every rank; each rank yields its own rows of each
     (anonfeat.distributed.row_range), so ranks together see exactly the single-process batches."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -136,10 +141,8 @@ class GlobalBatches(torch.utils.data.Sampler):
         return -(-self.n // self.batch_size)
 
     def global_batches(self) -> list[list[int]]:
-        order = torch.arange(self.n)
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        order = order.tolist()
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator).tolist()
         return [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
 
     def __iter__(self):
@@ -150,9 +153,11 @@ class GlobalBatches(torch.utils.data.Sampler):
             yield batch[lo:hi]
 
 
-def normalize_clips(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B, T, s, s, 3) -> normalized (B, 3, T, s, s), through extraction's own `to_clips`."""
+def normalize_clips(clips: torch.Tensor, cfg: EncoderConfig) -> torch.Tensor:
+    """uint8 (B, T, s, s, 3) -> normalized (B, 3, T, s, s) with `cfg`'s mean and std, through
+    extraction's own `to_clips`."""
     b, t, size = clips.shape[:3]
-    index = torch.arange(b * t, device=clips.device).view(b, t)
-    return to_clips(clips.reshape(b * t, size, size, 3), index, size, mean, std, dtype)
+    device = clips.device
+    index = torch.arange(b * t, device=device).view(b, t)
+    return to_clips(clips.reshape(b * t, size, size, 3), index, size, torch.tensor(cfg.mean, device=device),
+                    torch.tensor(cfg.std, device=device))

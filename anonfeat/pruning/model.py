@@ -107,10 +107,6 @@ class PrunerOutput:
     kept: list[torch.Tensor] = field(default_factory=list)
     scores: list[torch.Tensor] = field(default_factory=list)
 
-    @property
-    def final_kept(self) -> torch.Tensor | None:
-        return self.kept[-1] if self.kept else None
-
 
 class TubeletPruner(nn.Module):
     """Tubelet embedding + position table + encoder blocks, with two CLS tokens in front."""
@@ -119,7 +115,6 @@ class TubeletPruner(nn.Module):
         super().__init__()
         enc = cfg.encoder
         self.config = cfg
-        self.embed_dim = enc.embed_dim
         self.patch_embed = TubeletEmbed(enc)
         # A buffer, saved with the pruner: sinusoids for VideoMAE backbones, learned tables for inflated ViTs.
         self.register_buffer("pos_embed", sinusoid_position_table(enc.num_tokens, enc.embed_dim))
@@ -158,7 +153,6 @@ class TubeletPruner(nn.Module):
         schedule = self.config.schedule(keep_ratio)
         tokens = torch.cat([self.cls_tokens.expand(b, -1, -1).to(tubelets.dtype), tubelets], dim=1)
         positions = torch.arange(n_total, device=clips.device).expand(b, -1)  # grid index of each tubelet token
-        fused = False
         kept_stages, score_stages = [], []
         for number, block in enumerate(self.blocks, start=1):
             if number not in schedule:
@@ -174,11 +168,10 @@ class TubeletPruner(nn.Module):
                 keep, drop = select_tubelets(scores, k)
                 body = tokens[:, NUM_CLS:NUM_CLS + n]
                 summary = fuse_pruned(body, a_act, drop)
-                if fused:  # one fused token for every stage: earlier summaries accumulate into it
+                if n < n_total:  # an earlier stage pruned: one fused token for all, summaries accumulate
                     summary = summary + tokens[:, -1:]
                 tokens = torch.cat([tokens[:, :NUM_CLS], gather_tokens(body, keep), summary], dim=1)
                 positions = positions.gather(1, keep)
-                fused = True
             kept_stages.append(positions)
         tokens = self.norm(tokens)
         kept_tokens = tokens[:, NUM_CLS:NUM_CLS + positions.shape[1]]

@@ -110,30 +110,32 @@ def save_heatmaps(source: str | Path, out_dir: str | Path, n_frames: int, sampli
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = clip_frame_indices(n_frames, sampling)
     chosen = np.unique(np.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().astype(int))
-    reader = FrameReader(source, cfg.img_size, sampling.resize)
     t, gh, gw = cfg.grid
-    written = []
-    for c in chosen:
-        shown = clips[c][:: cfg.tubelet_size][:t]
+    shown = clips[chosen][:, :: cfg.tubelet_size][:, :t]  # first frame of each temporal tubelet
+    reader = FrameReader(source, cfg.img_size, sampling.resize)
+    try:
         frames, index = reader.frames(shown)
-        h, w = frames.shape[1:3]
-        top, left = (h - cfg.img_size) // 2, (w - cfg.img_size) // 2
-        views = frames[index][:, top:top + cfg.img_size, left:left + cfg.img_size]
-        limits = [(np.nanmin(sc[c].astype(np.float32)), np.nanmax(sc[c].astype(np.float32))) for sc in scores]
+    finally:
+        reader.close()
+    h, w = frames.shape[1:3]
+    top, left = (h - cfg.img_size) // 2, (w - cfg.img_size) // 2  # the centre crop the pruner saw
+    views = frames[:, top:top + cfg.img_size, left:left + cfg.img_size][index]  # (clips, t, s, s, 3)
+    extent = (0, cfg.img_size, cfg.img_size, 0)
+    written = []
+    for row, c in enumerate(chosen):
+        stage_scores = [sc[c].astype(np.float32).reshape(t, gh, gw) for sc in scores]
+        stage_dropped = [~kept_grid(kp[c], cfg.grid) for kp in kept]
         fig, axes = plt.subplots(len(blocks) + 1, t, figsize=(1.6 * t, 1.6 * (len(blocks) + 1)), squeeze=False)
         for j in range(t):
-            axes[0, j].imshow(views[j])
-            axes[0, j].set_title(f"frame {int(shown[j])}", fontsize=7)
+            axes[0, j].imshow(views[row, j])
+            axes[0, j].set_title(f"frame {int(shown[row, j])}", fontsize=7)
             for s, block in enumerate(blocks):
-                grid_scores = scores[s][c].astype(np.float32).reshape(t, gh, gw)[j]
-                dropped = ~kept_grid(kept[s][c], cfg.grid)[j]
                 ax = axes[s + 1, j]
-                ax.imshow(views[j], alpha=0.35)
-                shown_scores = np.ma.masked_invalid(grid_scores)
-                ax.imshow(shown_scores, cmap="magma", alpha=0.65, extent=(0, cfg.img_size, cfg.img_size, 0),
-                          interpolation="nearest", vmin=limits[s][0], vmax=limits[s][1])
-                ax.imshow(np.where(dropped, 0.6, np.nan), cmap="gray", vmin=0, vmax=1, alpha=0.8,
-                          extent=(0, cfg.img_size, cfg.img_size, 0), interpolation="nearest")
+                ax.imshow(views[row, j], alpha=0.35)
+                ax.imshow(np.ma.masked_invalid(stage_scores[s][j]), cmap="magma", alpha=0.65, extent=extent,
+                          interpolation="nearest", vmin=np.nanmin(stage_scores[s]), vmax=np.nanmax(stage_scores[s]))
+                ax.imshow(np.where(stage_dropped[s][j], 0.6, np.nan), cmap="gray", vmin=0, vmax=1, alpha=0.8,
+                          extent=extent, interpolation="nearest")
                 if j == 0:
                     ax.set_ylabel(f"block {block}", fontsize=7)
         for ax in axes.flat:

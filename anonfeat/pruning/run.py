@@ -11,7 +11,8 @@ import torch
 
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
-from anonfeat.extract import FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for, write_store
+from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for,
+                              store_header, write_store)
 from anonfeat.options import with_overrides
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
@@ -67,17 +68,14 @@ def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Samplin
                           [record.extras[scores_dataset(b)] for b in blocks], blocks, cfg.encoder)
 
     side_outputs = options.save_videos is not None or options.save_heatmaps is not None
-    return ClipJob(infer=infer, input=cfg.encoder, dim=cfg.encoder.embed_dim,
-                   on_video=on_video if side_outputs else None, label="prune")
+    return ClipJob(infer=infer, input=cfg.encoder, on_video=on_video if side_outputs else None, label="prune")
 
 
 def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_ratio: float | None) -> StoreHeader:
     cfg = loaded.config
     schedule = cfg.schedule(keep_ratio)
-    return StoreHeader(
-        encoder=cfg.encoder.name, encoder_config=cfg.encoder, checkpoint_sha256=loaded.sha256,
-        sampling={**sampling.to_dict(), "input_size": cfg.encoder.img_size}, dim=cfg.encoder.embed_dim, dtype=dtype,
-        features="pruned",
+    return store_header(
+        cfg.encoder, loaded.sha256, sampling, dtype, features="pruned",
         extra={"pruner": {"file": loaded.path.name, "sha256": loaded.sha256,
                           "prune_blocks": list(schedule), "keep_rates": list(schedule.values()),
                           "kept_counts": cfg.kept_counts(keep_ratio), "lam": cfg.lam,

@@ -61,7 +61,8 @@ def set_trainable(pruner: TubeletPruner, train_blocks: int | None) -> list[torch
 class _PrunerForward(nn.Module):
     """Clips -> (action logits, privacy outputs): the part of a step that runs on this rank's rows
     (what DistributedDataParallel wraps). Privacy outputs: attribute logits of the clips, or the
-    privacy-head projections of two static clips per video (NT-Xent)."""
+    privacy-head projections of two static clips per video (NT-Xent; `statics` holds them video by
+    video, 2B clips)."""
 
     def __init__(self, pruner: TubeletPruner):
         super().__init__()
@@ -72,7 +73,7 @@ class _PrunerForward(nn.Module):
         logits = self.pruner.action_head(out.action)
         if statics is None:
             return logits, self.pruner.privacy_head(out.privacy)
-        z = self.pruner.privacy_head(self.pruner(statics.flatten(0, 1)).privacy)
+        z = self.pruner.privacy_head(self.pruner(statics).privacy)
         return logits, z.view(len(clips), 2, -1)
 
 
@@ -83,9 +84,6 @@ class PrunerTrainer:
 
     def __init__(self, pruner: TubeletPruner, options: PrunerTrainOptions, device: torch.device):
         self.pruner, self.options, self.device = pruner.to(device), options, device
-        enc = pruner.config.encoder
-        self.mean = torch.tensor(enc.mean, device=device)
-        self.std = torch.tensor(enc.std, device=device)
         self.params = set_trainable(pruner, options.train_blocks)
         self.branch = [*pruner.privacy_head.parameters(), pruner.cls_tokens]
         self.optimizer = torch.optim.AdamW(self.params, lr=options.lr, weight_decay=options.weight_decay)
@@ -97,13 +95,13 @@ class PrunerTrainer:
                                                    find_unused_parameters=True, broadcast_buffers=False)
 
     def clips(self, frames: torch.Tensor) -> torch.Tensor:
-        return normalize_clips(frames.to(self.device, non_blocking=True), self.mean, self.std)
+        return normalize_clips(frames.to(self.device, non_blocking=True), self.pruner.config.encoder)
 
     def losses(self, batch: dict, sizes: list[int]) -> dict[str, torch.Tensor]:
         """The loss terms of the global batch (`sizes`: rows per rank)."""
         cfg = self.pruner.config
         ntxent = cfg.privacy_loss == "ntxent"
-        statics = self.clips(batch["static"].flatten(0, 1)).unflatten(0, batch["static"].shape[:2]) if ntxent else None
+        statics = self.clips(batch["static"].flatten(0, 1)) if ntxent else None  # (2B, ...): 2 per video
         logits, privacy = self.forward(self.clips(batch["clip"]), statics)
         logits, privacy = (distributed.all_gather_with_grad(t, sizes) for t in (logits, privacy))
         action = distributed.all_gather_with_grad(batch["action"].to(self.device), sizes)
@@ -178,9 +176,11 @@ def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTra
                                 collate_fn=gather, pin_memory=device.type == "cuda")
             sums, batches = {}, 0
             for batch in loader:
-                sizes = [int(n) for n in distributed.all_gather_objects(len(batch["action"]))] if ctx.enabled \
-                    else [len(batch["action"])]
-                failed += sum(distributed.all_gather_objects(batch["failed"])) if ctx.enabled else batch["failed"]
+                counts = [(len(batch["action"]), batch["failed"])]  # (rows, clips that failed) per rank
+                if ctx.enabled:
+                    counts = distributed.all_gather_objects(counts[0])
+                sizes = [int(rows) for rows, _ in counts]
+                failed += sum(lost for _, lost in counts)
                 if sum(sizes) >= 2:  # every rank takes the same decision: collectives stay in step
                     for name, value in trainer.step(batch, sizes, step / total).items():
                         sums[name] = sums.get(name, 0.0) + value
@@ -204,7 +204,6 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
 
     device = next(pruner.parameters()).device
     enc = pruner.config.encoder
-    mean, std = torch.tensor(enc.mean, device=device), torch.tensor(enc.std, device=device)
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize, augment=False)
     gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=0,
                      n_attributes=videos.attributes.shape[1])
@@ -216,7 +215,7 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
         if not len(batch["action"]):
             continue
         with autocast(device):
-            out = pruner(normalize_clips(batch["clip"].to(device), mean, std), keep_ratio)
+            out = pruner(normalize_clips(batch["clip"].to(device), enc), keep_ratio)
             predictions.append(pruner.action_head(out.action).argmax(1).cpu())
             priv.append(pruner.privacy_head(out.privacy).float().cpu())
         targets.append(batch["action"])
