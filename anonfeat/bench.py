@@ -77,6 +77,7 @@ class BenchOptions:
     cache_dir: str | Path | None = None  # keep generated videos here and reuse them
     threads: int | None = None  # torch intra-op threads of this process (None: leave torch's choice)
     peak_tflops: float | None = None  # bf16 peak of the GPU (None: looked up from its name)
+    compile: bool | None = None  # torch.compile the encoder (None: as extract, on CUDA only)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class Samples:
     encode: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
     naive: list[float] = field(default_factory=list)
+    e2e_decode_wait_s: list[float] = field(default_factory=list)  # e2e main loop waiting for frames
+    e2e_device_wait_s: list[float] = field(default_factory=list)  # ... and for the model's outputs
 
 
 # -- generated videos --------------------------------------------------------------------------
@@ -245,17 +248,21 @@ def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, d
     return clips, time.perf_counter() - started
 
 
-def encode_only(encoder, batch_size: int, n_clips: int, device: torch.device) -> tuple[int, float]:
-    """(clips, seconds) of the encoder alone on ready batches, as extract feeds it (bf16 autocast on CUDA)."""
-    from anonfeat.device import autocast
+def encode_only(encoder, batch_size: int, n_clips: int, device: torch.device,
+                compile: bool = False) -> tuple[int, float]:
+    """(clips, seconds) of the encoder alone on ready batches, as extract feeds it (bf16 autocast on
+    CUDA, torch.compile when extract would use it; the warm-up call compiles, untimed)."""
+    from anonfeat.device import CompiledForward, autocast
 
     cfg = encoder.config
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, cfg.clip_len, cfg.img_size, cfg.img_size, generator=gen).to(device, dtype)
     steps = max(2, math.ceil(n_clips / batch_size))
+    if compile:
+        encoder = CompiledForward(encoder)
     with torch.inference_mode(), autocast(device):
-        encoder(x)  # warm-up (kernel selection, allocator)
+        encoder(x)  # warm-up (kernel selection, allocator, compilation)
         _sync(device)
         started = time.perf_counter()
         for _ in range(steps):
@@ -264,17 +271,18 @@ def encode_only(encoder, batch_size: int, n_clips: int, device: torch.device) ->
     return steps * batch_size, time.perf_counter() - started
 
 
-def end_to_end(items: list, store: Path, encoder, options: BenchOptions, sampling_kw: dict) -> tuple[int, float]:
+def end_to_end(items: list, store: Path, encoder, options: BenchOptions, sampling_kw: dict):
+    """The ExtractResult of `extract` into a fresh store (clips, seconds and where the loop waited)."""
     from anonfeat.extract import ExtractOptions, extract
 
     if store.exists():
         store.unlink()
     opts = ExtractOptions(batch_size=options.batch_size, workers=options.workers, device=options.device,
-                          dtype="float16", progress=False, **sampling_kw)
+                          dtype="float16", progress=False, compile=options.compile, **sampling_kw)
     result = extract(items, store, opts, encoder=encoder)
     if result.failed:
         raise AnonfeatError(f"bench extraction failed: {result.failed}")
-    return result.clips, result.seconds
+    return result
 
 
 def naive_extract(items: list, out: Path, encoder, sampling, device: torch.device) -> tuple[int, float]:
@@ -506,7 +514,7 @@ def overlap_bound(decode_cps: float, encode_cps: float, device: torch.device) ->
 
 def run_bench(options: BenchOptions | None = None, log: Log | None = None, **overrides) -> dict:
     """Run every measurement; returns the result dict (RESULT_KEYS plus settings and samples)."""
-    from anonfeat.device import resolve_device
+    from anonfeat.device import resolve_device, use_compile
     from anonfeat.encoders import load_encoder
     from anonfeat.extract import sampling_for, ExtractOptions
 
@@ -519,6 +527,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
     width, height = parse_size(options.size)
     long_w, long_h = parse_size(options.long_size)
     device = resolve_device(options.device)
+    compiled = use_compile(options.compile, device)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
 
@@ -542,11 +551,13 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
             samples.decode.append(clips / seconds)
             n_clips = clips
             log(f"round {r + 1}/{options.repeats}: encode-only")
-            clips, seconds = encode_only(encoder, options.batch_size, n_clips, device)
+            clips, seconds = encode_only(encoder, options.batch_size, n_clips, device, compiled)
             samples.encode.append(clips / seconds)
             log(f"round {r + 1}/{options.repeats}: end-to-end extract")
-            clips, seconds = end_to_end(items, store, encoder, options, sampling_kw)
-            samples.e2e.append(clips / seconds)
+            run = end_to_end(items, store, encoder, options, sampling_kw)
+            samples.e2e.append(run.clips / run.seconds)
+            samples.e2e_decode_wait_s.append(run.decode_wait_s)
+            samples.e2e_device_wait_s.append(run.device_wait_s)
             log(f"round {r + 1}/{options.repeats}: naive reference")
             clips, seconds = naive_extract(naive_items, tmp / "naive.h5", encoder, sampling, device)
             samples.naive.append(clips / seconds)
@@ -601,7 +612,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
             "sanitize_sequence_length": seq_len, "long_seconds": options.long_seconds,
             "short_seconds": options.short_seconds, "long_size": f"{long_w}x{long_h}",
             "skip_memory": options.skip_memory, "stored_dtype": "float16",
-            "compute_dtype": "bfloat16" if device.type == "cuda" else "float32",
+            "compute_dtype": "bfloat16" if device.type == "cuda" else "float32", "compile": compiled,
         },
         "machine": machine_info(device),
     }

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anonfeat.device import autocast, resolve_device
+from anonfeat.device import CompiledForward, autocast, resolve_device, use_compile
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.options import with_overrides
@@ -49,10 +49,13 @@ class ClipJob:
     transform: FeatureTransform | None = None
     on_video: Callable[[VideoRecord], None] | None = None
     label: str = "extract"
+    fixed_batch: bool = False  # pad a short last batch to the batch size (compiled models: no recompile)
 
 
-def encoder_job(encoder: nn.Module, transform: FeatureTransform | None = None) -> ClipJob:
-    return ClipJob(infer=lambda clips: {FEATURES: encoder(clips)}, input=encoder.config, transform=transform)
+def encoder_job(encoder: nn.Module, transform: FeatureTransform | None = None, compile: bool = False) -> ClipJob:
+    forward = CompiledForward(encoder) if compile else encoder
+    return ClipJob(infer=lambda clips: {FEATURES: forward(clips)}, input=encoder.config, transform=transform,
+                   fixed_batch=compile)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class ExtractOptions:
     dtype: str = "float16"
     compression: str | None = None
     progress: bool = True
+    compile: bool | None = None  # torch.compile the encoder; None: on CUDA only (see device.use_compile)
 
 
 @dataclass
@@ -85,6 +89,8 @@ class ExtractResult:
     failed: dict[str, str] = field(default_factory=dict)
     clips: int = 0
     seconds: float = 0.0
+    decode_wait_s: float = 0.0  # time the main loop waited for decoded frames (decoding is the bound)
+    device_wait_s: float = 0.0  # time it waited for the model's outputs (the model is the bound)
 
     @property
     def exit_code(self) -> int:
@@ -258,7 +264,8 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         loaded = load_adapter(adapter, device)
         loaded.check_store(header, f"--encoder {cfg.name}")
         header, transform = sanitized_header(header, loaded), feature_transform(loaded)
-    return write_store(source, out, header, sampling, encoder_job(encoder, transform), options, device)
+    job = encoder_job(encoder, transform, compile=use_compile(options.compile, device))
+    return write_store(source, out, header, sampling, job, options, device)
 
 
 def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, header: StoreHeader, sampling: Sampling,
@@ -325,13 +332,30 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
         result.written.append(key)
         progress.advance(key)
 
+    in_flight: list[_Flight] = []  # on CUDA, one batch whose outputs are still on their way to the host
+
     def run_batch(clips: torch.Tensor, routes: list) -> None:
+        """Launch `clips`, then route the previous batch: the GPU never waits for the host's routing,
+        writing or the next chunk's arrival (on the CPU every batch completes at once)."""
+        n = len(clips)
+        if job.fixed_batch and n < options.batch_size:
+            clips = torch.cat((clips, clips.new_zeros((options.batch_size - n, *clips.shape[1:]))))
         with torch.inference_mode(), autocast(device):
-            outputs = job.infer(clips)
+            outputs = {name: value[:n] for name, value in job.infer(clips).items()}
         # bf16 (CUDA autocast) comes back as float32; float16 and integer outputs keep their type
-        outputs = {name: (value.float() if value.dtype == torch.bfloat16 else value).cpu()
-                   for name, value in outputs.items()}
-        result.clips += len(clips)
+        outputs = {name: value.float() if value.dtype == torch.bfloat16 else value for name, value in outputs.items()}
+        flight = _Flight.launch(outputs, routes, n)
+        if in_flight:
+            route(in_flight.pop())
+        if flight.done is None:
+            route(flight)
+        else:
+            in_flight.append(flight)
+
+    def route(flight: "_Flight") -> None:
+        result.device_wait_s += flight.wait()
+        outputs, routes = flight.outputs, flight.routes
+        result.clips += flight.clips
         offset = 0
         for key, kind, row, count in routes:
             if key in open_videos:  # a video that failed mid-way has been dropped
@@ -343,7 +367,7 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
 
     progress = _Progress(job.label, len(videos), options.progress, result)
     with progress:
-        for message in loader:
+        for message in _timed(loader, result):
             if isinstance(message, VideoStart):
                 open_videos[message.key] = _VideoFeatures(message)
             elif isinstance(message, VideoFailed):
@@ -360,9 +384,53 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
                     run_batch(*batch)
         for batch in batcher.flush():
             run_batch(*batch)
+        while in_flight:
+            route(in_flight.pop())
     if open_videos:  # cannot happen unless a worker stopped early; never write partial videos
         for key in open_videos:
             result.failed[key] = "decoding stopped before all clips were read"
+
+
+def _timed(messages: Iterable, result: ExtractResult) -> Iterator:
+    """`messages`, adding the time spent waiting for each to `result.decode_wait_s`."""
+    iterator = iter(messages)
+    while True:
+        started = time.perf_counter()
+        try:
+            message = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            result.decode_wait_s += time.perf_counter() - started
+        yield message
+
+
+@dataclass
+class _Flight:
+    """A batch's outputs on their way to the host: CUDA copies into pinned memory without blocking,
+    and `done` marks when they have landed."""
+
+    outputs: dict[str, torch.Tensor]
+    routes: list
+    clips: int
+    done: torch.cuda.Event | None
+
+    @classmethod
+    def launch(cls, outputs: dict[str, torch.Tensor], routes: list, clips: int) -> "_Flight":
+        if not any(value.is_cuda for value in outputs.values()):
+            return cls(outputs, routes, clips, None)
+        host = {name: value.to("cpu", non_blocking=True) for name, value in outputs.items()}
+        done = torch.cuda.Event()
+        done.record()
+        return cls(host, routes, clips, done)
+
+    def wait(self) -> float:
+        """Block until the outputs are on the host; the seconds it took (0 when they already were)."""
+        if self.done is None:
+            return 0.0
+        started = time.perf_counter()
+        self.done.synchronize()
+        return time.perf_counter() - started
 
 
 class _Progress(RichBar):

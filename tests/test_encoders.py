@@ -615,3 +615,14 @@ def test_bundled_demo_encoder_loads_without_flags():
     x = torch.randn(2, 3, 16, 64, 64)
     assert enc(x).shape == (2, 128)
     assert not torch.allclose(enc(x), random(x), atol=1e-3)  # the trained weights are really used
+
+
+def test_tubelet_matmul_path_equals_the_convolution():
+    """The CUDA path (tubelets as rows of one matrix product) gives the Conv3d's tokens, in its order."""
+    encoder = load_encoder("videomae-tiny", random_init=True, device="cpu")
+    embed = encoder.patch_embed
+    x = torch.randn(2, 3, 16, 112, 112)
+    with torch.no_grad():
+        conv = embed(x)  # CPU: the convolution
+        torch.testing.assert_close(embed.as_matmul(x), conv, atol=1e-5, rtol=1e-5)
+    assert conv.shape == (2, encoder.config.num_tokens, encoder.config.embed_dim)

@@ -270,3 +270,62 @@ def test_api_overrides_copy_the_options_and_refuse_unknown_names(tmp_path):
     with pytest.raises(TypeError, match="unknown ExtractOptions option.*batchsize"):
         extract(tmp_path, tmp_path / "x.h5", options, batchsize=8)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_padded_last_batch_gives_the_same_features(store, video_dir, tmp_path, monkeypatch):
+    """Compiled encoders see one batch shape: the short last batch is padded, and the padding's
+    outputs never reach the store."""
+    import anonfeat.extract as extract_module
+
+    seen: list[int] = []
+    real_job = extract_module.encoder_job
+
+    def fixed_job(encoder, transform=None, compile=False):
+        job = real_job(encoder, transform, compile=False)
+        infer = job.infer
+        job.infer = lambda clips: (seen.append(len(clips)), infer(clips))[1]
+        job.fixed_batch = True
+        return job
+
+    monkeypatch.setattr(extract_module, "encoder_job", fixed_job)
+    out = tmp_path / "padded.h5"
+    result = extract(video_dir, out, options(batch_size=5))
+    assert set(seen) == {5}, seen  # every batch, the last one included, had the full batch size
+    with FeatureStore(store) as ref, FeatureStore(out) as got:
+        stored = 0
+        for key in ref.videos():
+            np.testing.assert_allclose(got.clip_features(key), ref.clip_features(key), atol=1e-5)
+            np.testing.assert_allclose(got.static_features(key), ref.static_features(key), atol=1e-5)
+            stored += len(got.clip_features(key)) + len(got.static_features(key))
+    assert result.clips == stored < 5 * len(seen)  # padding rows are not counted either
+
+
+def test_result_says_where_the_loop_waited(video_dir, tmp_path):
+    result = extract(video_dir, tmp_path / "s.h5", options())
+    assert 0 < result.decode_wait_s < result.seconds
+    assert result.device_wait_s == 0.0  # on the CPU every batch completes when it is run
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch, tiny_encoder):
+    from anonfeat import device as device_module
+
+    def broken_compile(model, **kwargs):
+        def run(x):
+            raise RuntimeError("no Triton here\nlong traceback")
+        return run
+
+    monkeypatch.setattr(device_module.torch, "compile", broken_compile)
+    forward = device_module.CompiledForward(tiny_encoder)
+    x = torch.randn(2, 3, 16, 112, 112)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed \\(no Triton here\\)"):
+        out = forward(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, tiny_encoder(x))
+    assert forward.compiled is None  # later calls go straight to eager
+
+
+def test_compile_default_is_on_for_cuda_only():
+    from anonfeat.device import use_compile
+
+    assert use_compile(None, torch.device("cuda", 0)) and not use_compile(None, torch.device("cpu"))
+    assert use_compile(True, torch.device("cpu")) and not use_compile(False, torch.device("cuda", 0))

@@ -13,6 +13,12 @@ from anonfeat.cli import options as opt
 from anonfeat.cli.app import app, console, err_console
 
 
+def _median(values: list) -> float:
+    import statistics
+
+    return statistics.median(values) if values else float("nan")
+
+
 def _fmt(value, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -45,6 +51,7 @@ def bench_command(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the generated videos here and reuse them."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads of this process (default: torch's)."),
     peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="The GPU's bf16 peak (default: looked up by name)."),
+    compile: Optional[bool] = opt.Compile,
 ) -> None:
     """Measure decode, encode, end-to-end and naive throughput, sanitize speed and extract peak memory."""
     from rich.table import Table
@@ -55,7 +62,8 @@ def bench_command(
                            workers=workers, videos=videos, frames=frames, size=size, frame_stride=frame_stride,
                            clip_stride=clip_stride, repeats=repeats, naive_videos=naive_videos,
                            long_seconds=long_seconds, short_seconds=short_seconds, long_size=long_size,
-                           skip_memory=skip_memory, cache_dir=cache_dir, threads=threads, peak_tflops=peak_tflops)
+                           skip_memory=skip_memory, cache_dir=cache_dir, threads=threads, peak_tflops=peak_tflops,
+                           compile=compile)
     result = run_bench(options, log=lambda message: err_console.print(f"[dim]bench:[/] {message}", highlight=False))
     s = result["settings"]
     samples = result["samples"]
@@ -66,7 +74,7 @@ def bench_command(
 
     table = Table(title=f"anonfeat bench: {s['encoder']} {s['input']}, batch {s['batch_size']}, "
                         f"{s['workers']} worker(s), stride {s['frame_stride']}/{s['clip_stride']}, "
-                        f"{result['device']}")
+                        f"{result['device']}{', compiled' if s['compile'] else ''}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("unit")
@@ -74,6 +82,9 @@ def bench_command(
     table.add_row("decode_cps", _fmt(result["decode_cps"]), "clips/s", spread("decode"))
     table.add_row("encode_cps", _fmt(result["encode_cps"]), "clips/s", spread("encode"))
     table.add_row("e2e_cps", _fmt(result["e2e_cps"]), "clips/s", spread("e2e"))
+    table.add_row("  waiting for frames", _fmt(_median(samples["e2e_decode_wait_s"]), 2), "s",
+                  f"of {_fmt(s['clips_per_round'] / result['e2e_cps'], 2)} s per e2e run; waiting for the model "
+                  f"{_fmt(_median(samples['e2e_device_wait_s']), 2)} s")
     table.add_row("naive_cps", _fmt(result["naive_cps"]), "clips/s", spread("naive"))
     table.add_row("sanitize_cps", _fmt(result["sanitize_cps"]), "clips/s",
                   f"videos of {s['sanitize_sequence_length']} clips, padded groups; "

@@ -41,6 +41,7 @@ def extract_command(
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
     device: str = opt.Device,
+    compile: Optional[bool] = opt.Compile,
     dtype: str = opt.Dtype,
     compression: Optional[str] = opt.Compression,
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Write features sanitized by this adapter."),
@@ -57,6 +58,7 @@ def extract_command(
     options = ExtractOptions(encoder=encoder, checkpoint=checkpoint, random_init=random_init, clip_len=clip_len,
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
-                             device=device, dtype=dtype, compression=compression, progress=progress)
+                             device=device, dtype=dtype, compression=compression, progress=progress,
+                             compile=compile)
     result = distributed.extract_sharded(videos, out, options, adapter=adapter, keep_shards=keep_shards)
     finish_store_command(result)

@@ -15,6 +15,8 @@ RandomInit = typer.Option(False, "--random-init", help="Use seeded random weight
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda:N.")
 BatchSize = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per forward pass.")
 Workers = typer.Option(1, "--workers", "-w", min=0, help="Decoding worker processes (0: decode in the main process).")
+Compile = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder (default: on "
+                       "CUDA, where it is ~1.5x faster after ~30 s of compiling; off on the CPU).")
 Dtype = typer.Option("float16", "--dtype", help="Stored feature precision: float16 or float32.")
 Progress = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
 StaticClips = typer.Option(0, "--static-clips", min=0, help="Also store N static clips per video "

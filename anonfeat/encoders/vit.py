@@ -31,14 +31,30 @@ def sinusoid_position_table(n_positions: int, dim: int) -> torch.Tensor:
 
 
 class TubeletEmbed(nn.Module):
-    """Non-overlapping (t, p, p) tubelets -> tokens, via one strided Conv3d."""
+    """Non-overlapping (t, p, p) tubelets -> tokens, with a strided Conv3d's weights (checkpoint layout).
+
+    On CUDA the convolution runs as what it is, one matrix product over the tubelets: cuDNN's bf16
+    Conv3d took 15% of videomae-b's time on an H200 for 1% of its FLOPs (25 TFLOP/s). On the CPU
+    the convolution itself is as fast or faster (no rearranging copy).
+    """
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.proj = nn.Conv3d(3, cfg.embed_dim, kernel_size=cfg.tubelet, stride=cfg.tubelet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, N, D)
+        divisible = all(size % k == 0 for size, k in zip(x.shape[2:], self.proj.kernel_size))
+        if x.is_cuda and divisible:
+            return self.as_matmul(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The same tokens (sizes divisible by the tubelet): each tubelet a row, times the kernel."""
+        b, c, frames, height, width = x.shape
+        t, p, q = self.proj.kernel_size
+        rows = x.reshape(b, c, frames // t, t, height // p, p, width // q, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        rows = rows.reshape(b, (frames // t) * (height // p) * (width // q), c * t * p * q)
+        return F.linear(rows, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 class Attention(nn.Module):
