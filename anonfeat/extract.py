@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from anonfeat.device import autocast, resolve_device
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
+from anonfeat.heap import HeapTrimmer
 from anonfeat.options import with_overrides
 from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
@@ -85,6 +86,8 @@ class ExtractResult:
     failed: dict[str, str] = field(default_factory=dict)
     clips: int = 0
     seconds: float = 0.0
+    heap_trims: int = 0  # malloc_trim calls of the main process (anonfeat.heap) and their total time
+    heap_trim_seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -342,24 +345,30 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             offset += count
 
     progress = _Progress(job.label, len(videos), options.progress, result)
-    with progress:
-        for message in loader:
-            if isinstance(message, VideoStart):
-                open_videos[message.key] = _VideoFeatures(message)
-            elif isinstance(message, VideoFailed):
-                open_videos.pop(message.key, None)
-                writer.fail(message.key, message.error, message.source)
-                result.failed[message.key] = message.error
-                progress.advance(message.key, failed=True)
-            else:
-                chunk: ClipChunk = message
-                frames = chunk.frames.to(device, non_blocking=True)
-                index = chunk.index.to(device, non_blocking=True)
-                clips = to_clips(frames, index, cfg.img_size, mean, std, compute_dtype)
-                for batch in batcher.add(chunk.key, chunk.kind, chunk.start, clips):
-                    run_batch(*batch)
-        for batch in batcher.flush():
-            run_batch(*batch)
+    trimmer = HeapTrimmer()  # glibc would otherwise keep what the loop frees (see anonfeat.heap)
+    try:
+        with progress:
+            for message in loader:
+                if isinstance(message, VideoStart):
+                    open_videos[message.key] = _VideoFeatures(message)
+                elif isinstance(message, VideoFailed):
+                    open_videos.pop(message.key, None)
+                    writer.fail(message.key, message.error, message.source)
+                    result.failed[message.key] = message.error
+                    progress.advance(message.key, failed=True)
+                else:
+                    chunk: ClipChunk = message
+                    frames = chunk.frames.to(device, non_blocking=True)
+                    index = chunk.index.to(device, non_blocking=True)
+                    clips = to_clips(frames, index, cfg.img_size, mean, std, compute_dtype)
+                    for batch in batcher.add(chunk.key, chunk.kind, chunk.start, clips):
+                        run_batch(*batch)
+                    trimmer.maybe()
+            for batch in batcher.flush():
+                run_batch(*batch)
+    finally:
+        result.heap_trims += trimmer.calls
+        result.heap_trim_seconds += trimmer.seconds
     if open_videos:  # cannot happen unless a worker stopped early; never write partial videos
         for key in open_videos:
             result.failed[key] = "decoding stopped before all clips were read"
