@@ -12,9 +12,10 @@ H.264 with a keyframe every 2 s), with the same encoder, batch size and sampling
 - sanitize_cps: the anonymizing adapter (random weights) over the features cached in the e2e store,
                 many videos per padded forward pass as `anonfeat sanitize` does (one video per pass,
                 as `extract --adapter` does, is reported as sanitize_per_video_cps);
-- rss_short_mb / rss_long_mb: peak resident memory of `extract` in a fresh process on a short and
-                on a long video of the same frame size (main process + decoding workers, the sum of
-                each process's own peak: conservative, pages shared after fork count once per process).
+- rss_short_mb / rss_long_mb: peak memory of `extract` in a fresh process on a short and on a long
+                video of the same frame size: the main process's peak resident set plus each
+                decoding worker's peak of private memory (pages shared after fork count once; the
+                sum of every process's own peak, which counts them in each, is rss_sum_mb).
 
 overlap_efficiency = e2e / bound: the bound is min(decode, encode) on a GPU (decoding on the CPU and
 the encoder on the GPU can run fully in parallel) and 1 / (1/decode + 1/encode) on a CPU (both
@@ -372,7 +373,7 @@ def sanitize_throughput(store: Path, device: torch.device, min_seconds: float = 
 
 # -- peak memory ----------------------------------------------------------------------------------
 _MEMORY_SCRIPT = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from anonfeat.extract import ExtractOptions, extract
 from anonfeat.video.discover import VideoItem
@@ -385,9 +386,8 @@ status = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open(
           if k in ("VmHWM", "RssAnon", "RssFile")}
 print("ANONFEAT_BENCH " + json.dumps({
     "rss_anon_end_kb": status.get("RssAnon", 0), "rss_file_end_kb": status.get("RssFile", 0),
-    "self_kb": status["VmHWM"],
-    "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    "clips": result.clips, "seconds": result.seconds, "failed": result.failed}))
+    "self_kb": status["VmHWM"], "clips": result.clips, "seconds": result.seconds, "failed": result.failed,
+    "heap_trims": result.heap_trims, "heap_trim_seconds": result.heap_trim_seconds}))
 """
 
 
@@ -417,57 +417,130 @@ def _vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
-def _pss_kb(pid: int) -> int:
+def _rollup_kb(pid: int) -> dict[str, int]:
+    """Pss and Private (clean + dirty: pages no other process maps) of a process, in kB."""
+    out = {"Pss": 0, "Private": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+                key, _, rest = line.partition(":")
+                if key == "Pss":
+                    out["Pss"] = int(rest.split()[0])
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    out["Private"] += int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return out
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())[:80]
+    except OSError:
+        return ""
+
+
+class _TreePoller:
+    """Per-process peaks of a process tree, for `extract_peak_rss`.
+
+    Only the root's long-lived descendants (the decoding workers) are counted. Helpers that the
+    libraries start with fork/vfork + exec at import time (`ldconfig -p` from ctypes, `uname -p`
+    from `platform`) are not: before their exec they share (vfork) or copy-on-write (fork) the
+    root's memory, and /proc then shows the root's own VmHWM under their pid; counting them
+    added the main process a second time (the 448 MB "second child" of README run D). A sample is
+    kept only while the pid runs the same executable as when it was first seen, the pid must be
+    seen in two polls to count, and a sample whose VmHWM equals the root's (same memory) is dropped.
+    """
+
+    def __init__(self, root: int, private_interval: float):
+        self.root = root
+        self.private_interval = private_interval
+        self.vm_hwm: dict[int, int] = {}  # counted pid -> peak VmHWM (kB)
+        self.private: dict[int, int] = {}  # counted pid -> peak Private (kB)
+        self.pss_peak = 0
+        self._seen: dict[int, dict] = {}
+        self._next_rollup = 0.0
+
+    def poll(self) -> None:
+        kids = _descendants(self.root)
+        root_hwm = _vm_hwm_kb(self.root)
+        for pid in kids:
+            exe, hwm = _exe(pid), _vm_hwm_kb(pid)
+            if exe is None or hwm is None:
+                continue
+            info = self._seen.get(pid)
+            if info is None or info["exe"] != exe:  # new, or exec'd since: what came before was not its own
+                info = self._seen[pid] = {"exe": exe, "polls": 0, "hwm": 0, "shown": 0, "cmdline": _cmdline(pid)}
+                self.vm_hwm.pop(pid, None)
+                self.private.pop(pid, None)
+            info["shown"] = max(info["shown"], hwm)
+            if root_hwm is not None and hwm == root_hwm:
+                continue  # a vfork child before its exec: the root's own memory
+            info["polls"] += 1
+            info["hwm"] = max(info["hwm"], hwm)
+            if info["polls"] >= 2:
+                self.vm_hwm[pid] = info["hwm"]
+                if pid not in self.private:  # a worker just counted: its private memory now, not in 0.25 s
+                    self.private[pid] = _rollup_kb(pid)["Private"]
+        if time.monotonic() >= self._next_rollup:
+            total = _rollup_kb(self.root)["Pss"]
+            for pid in kids:
+                if pid in self.vm_hwm:
+                    rollup = _rollup_kb(pid)
+                    total += rollup["Pss"]
+                    self.private[pid] = max(self.private.get(pid, 0), rollup["Private"])
+            self.pss_peak = max(self.pss_peak, total)
+            self._next_rollup = time.monotonic() + self.private_interval
+
+    def helpers(self) -> list[dict]:
+        """The descendants seen but not counted: command line and the VmHWM /proc showed (MB)."""
+        return [{"cmdline": info["cmdline"], "vm_hwm_mb": info["shown"] / 1024}
+                for pid, info in sorted(self._seen.items()) if pid not in self.vm_hwm]
 
 
 def extract_peak_rss(video: Path, out: Path, options: dict, timeout: float | None = None,
                      pss_interval: float = 0.25) -> dict:
-    """Run extract on one video in a fresh process; peak RSS of it and its decoding workers (MB).
+    """Run extract on one video in a fresh process; its peak memory and its decoding workers' (MB).
 
-    The main process reports its own peak (VmHWM) and the largest of its waited-for children;
-    meanwhile every process's VmHWM is polled (50 Hz), so each worker's own peak is known too.
-    `rss_mb` is the sum of the per-process peaks: an upper bound on the real peak of the whole
-    (peaks need not coincide, and pages shared after fork are counted in every process).
-    `pss_mb` is the largest sum of proportional set sizes seen (shared pages split between the
-    processes that map them: the physical footprint), sampled every `pss_interval` seconds.
+    `rss_mb` (the headline) is the physical memory the run needs: the main process's peak resident
+    set (VmHWM: every page it maps, libraries included) plus each decoding worker's peak of private
+    memory (pages no other process maps, sampled every `pss_interval` s). A worker is forked from
+    the main process after torch and the model are loaded, so most of its resident set (480-520
+    of about 580 MB here) is the main process's pages, shared copy-on-write; counting them again overstated
+    the need by about that much.
+    `rss_sum_mb` is the former figure, the sum of each process's VmHWM (an upper bound that counts
+    the pages shared after fork in every process). `pss_mb` is the largest sum of proportional set
+    sizes seen: below the need whenever other processes (the benchmark itself) map the same
+    libraries, since their pages are then split with processes outside the run.
     """
     out = Path(out)
     if out.exists():
         out.unlink()  # a store that already holds the video would make extract skip it
     cmd = [sys.executable, "-c", _MEMORY_SCRIPT, json.dumps({"video": str(video), "out": str(out), "options": options})]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peaks: dict[int, int] = {}
-    pss_peak = [0]
+    poller = _TreePoller(proc.pid, pss_interval)
     stop = threading.Event()
 
     def poll() -> None:
-        next_pss = 0.0
         while not stop.is_set():
-            pids = [proc.pid, *_descendants(proc.pid)]
-            for pid in pids[1:]:
-                kb = _vm_hwm_kb(pid)
-                if kb is not None:
-                    peaks[pid] = max(peaks.get(pid, 0), kb)
-            if time.monotonic() >= next_pss:
-                pss_peak[0] = max(pss_peak[0], sum(_pss_kb(pid) for pid in pids))
-                next_pss = time.monotonic() + pss_interval
+            poller.poll()
             stop.wait(0.02)
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     finally:
         stop.set()
-        poller.join()
+        thread.join()
     line = next((ln for ln in stdout.splitlines() if ln.startswith("ANONFEAT_BENCH ")), None)
     if proc.returncode != 0 or line is None:
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
@@ -475,14 +548,15 @@ def extract_peak_rss(video: Path, out: Path, options: dict, timeout: float | Non
     report = json.loads(line.split(" ", 1)[1])
     if report["failed"]:
         raise AnonfeatError(f"memory run on {video.name} failed: {report['failed']}")
-    workers = sorted(peaks.values(), reverse=True)
-    if workers:  # a worker's last growth may fall between two polls: the kernel's max of children covers it
-        workers[0] = max(workers[0], report["children_kb"])
-    elif report["children_kb"]:
-        workers = [report["children_kb"]]
+    pids = sorted(poller.vm_hwm, key=lambda pid: -poller.vm_hwm[pid])
+    workers = [poller.vm_hwm[pid] for pid in pids]
+    private = [poller.private.get(pid, 0) for pid in pids]
     main_kb = report["self_kb"]
-    return {"rss_mb": (main_kb + sum(workers)) / 1024, "pss_mb": pss_peak[0] / 1024, "main_mb": main_kb / 1024,
-            "workers_mb": [w / 1024 for w in workers], "clips": report["clips"], "seconds": report["seconds"],
+    return {"rss_mb": (main_kb + sum(private)) / 1024, "rss_sum_mb": (main_kb + sum(workers)) / 1024,
+            "pss_mb": poller.pss_peak / 1024, "main_mb": main_kb / 1024,
+            "workers_mb": [w / 1024 for w in workers], "workers_private_mb": [p / 1024 for p in private],
+            "helpers": poller.helpers(), "clips": report["clips"], "seconds": report["seconds"],
+            "heap_trims": report["heap_trims"], "heap_trim_seconds": report["heap_trim_seconds"],
             "main_end_anon_mb": report["rss_anon_end_kb"] / 1024, "main_end_file_mb": report["rss_file_end_kb"] / 1024}
 
 
@@ -600,6 +674,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
                                       for d, c, e in zip(samples.decode, samples.encode, samples.e2e)],
         "rss_ratio": memory["long"]["rss_mb"] / memory["short"]["rss_mb"] if memory else None,
         "pss_ratio": memory["long"]["pss_mb"] / memory["short"]["pss_mb"] if memory else None,
+        "rss_sum_ratio": memory["long"]["rss_sum_mb"] / memory["short"]["rss_sum_mb"] if memory else None,
         "memory": memory,
         "samples": asdict(samples),
         "settings": {

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from anonfeat.device import CompiledForward, autocast, resolve_device, use_compile
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
+from anonfeat.heap import HeapTrimmer
 from anonfeat.options import with_overrides
 from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
@@ -91,6 +92,8 @@ class ExtractResult:
     seconds: float = 0.0
     decode_wait_s: float = 0.0  # time the main loop waited for decoded frames (decoding is the bound)
     device_wait_s: float = 0.0  # time it waited for the model's outputs (the model is the bound)
+    heap_trims: int = 0  # malloc_trim calls of the main process (anonfeat.heap) and their total time
+    heap_trim_seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -366,26 +369,32 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             offset += count
 
     progress = _Progress(job.label, len(videos), options.progress, result)
-    with progress:
-        for message in _timed(loader, result):
-            if isinstance(message, VideoStart):
-                open_videos[message.key] = _VideoFeatures(message)
-            elif isinstance(message, VideoFailed):
-                open_videos.pop(message.key, None)
-                writer.fail(message.key, message.error, message.source)
-                result.failed[message.key] = message.error
-                progress.advance(message.key, failed=True)
-            else:
-                chunk: ClipChunk = message
-                frames = chunk.frames.to(device, non_blocking=True)
-                index = chunk.index.to(device, non_blocking=True)
-                clips = to_clips(frames, index, cfg.img_size, mean, std, compute_dtype)
-                for batch in batcher.add(chunk.key, chunk.kind, chunk.start, clips):
-                    run_batch(*batch)
-        for batch in batcher.flush():
-            run_batch(*batch)
-        while in_flight:
-            route(in_flight.pop())
+    trimmer = HeapTrimmer()  # glibc would otherwise keep what the loop frees (see anonfeat.heap)
+    try:
+        with progress:
+            for message in _timed(loader, result):
+                if isinstance(message, VideoStart):
+                    open_videos[message.key] = _VideoFeatures(message)
+                elif isinstance(message, VideoFailed):
+                    open_videos.pop(message.key, None)
+                    writer.fail(message.key, message.error, message.source)
+                    result.failed[message.key] = message.error
+                    progress.advance(message.key, failed=True)
+                else:
+                    chunk: ClipChunk = message
+                    frames = chunk.frames.to(device, non_blocking=True)
+                    index = chunk.index.to(device, non_blocking=True)
+                    clips = to_clips(frames, index, cfg.img_size, mean, std, compute_dtype)
+                    for batch in batcher.add(chunk.key, chunk.kind, chunk.start, clips):
+                        run_batch(*batch)
+                    trimmer.maybe()
+            for batch in batcher.flush():
+                run_batch(*batch)
+            while in_flight:
+                route(in_flight.pop())
+    finally:
+        result.heap_trims += trimmer.calls
+        result.heap_trim_seconds += trimmer.seconds
     if open_videos:  # cannot happen unless a worker stopped early; never write partial videos
         for key in open_videos:
             result.failed[key] = "decoding stopped before all clips were read"

@@ -70,11 +70,18 @@ def test_bench_cli_with_memory_writes_json(tmp_path):
     assert result["rss_short_mb"] > 0 and result["rss_long_mb"] > 0
     for name in ("short", "long"):
         mem = result["memory"][name]
-        assert len(mem["workers_mb"]) >= 1  # the decoding worker (plus any helper process), counted with main
-        assert mem["rss_mb"] == pytest.approx(mem["main_mb"] + sum(mem["workers_mb"]))
-        assert 0 < mem["pss_mb"] <= mem["rss_mb"] * 1.01
+        assert len(mem["workers_mb"]) >= 1  # the decoding worker first (an exec'd helper counts its own MB)
+        # headline: main's peak + the worker's private memory; the sum of peaks counts shared pages twice
+        assert mem["rss_mb"] == pytest.approx(mem["main_mb"] + sum(mem["workers_private_mb"]))
+        assert mem["rss_sum_mb"] == pytest.approx(mem["main_mb"] + sum(mem["workers_mb"]))
+        assert 0 < max(mem["workers_private_mb"]) < mem["workers_mb"][0]
+        assert mem["main_mb"] < mem["rss_mb"] < mem["rss_sum_mb"]
+        assert 0 < mem["pss_mb"] <= mem["rss_sum_mb"] * 1.01
+        assert mem["heap_trims"] >= 0 and mem["heap_trim_seconds"] >= 0
     assert result["memory"]["long"]["clips"] > result["memory"]["short"]["clips"]
     assert result["rss_ratio"] == pytest.approx(result["rss_long_mb"] / result["rss_short_mb"])
+    assert result["rss_sum_ratio"] == pytest.approx(result["memory"]["long"]["rss_sum_mb"]
+                                                    / result["memory"]["short"]["rss_sum_mb"])
     assert result["machine"]["cpu_cores"] >= 1
 
 
@@ -128,3 +135,49 @@ def test_bad_sizes_are_user_errors(text):
     with pytest.raises(AnonfeatError):
         parse_size(text)
     assert parse_size("640x360") == (640, 360)
+
+
+# A process of ~200 MB that starts short-lived helpers the way libraries do at import (ctypes runs
+# `ldconfig -p`, platform runs `uname -p`: vfork + exec, sharing its memory until the exec) and one
+# long-lived forked child that touches 20 MB of its own, as a decoding worker does.
+_TREE = r"""
+import mmap, os, subprocess, time
+big = mmap.mmap(-1, 200 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # copied at fork, as a heap
+if hasattr(mmap, "MADV_NOHUGEPAGE"):  # small pages: khugepaged must not unshare them behind our back
+    big.madvise(mmap.MADV_NOHUGEPAGE)
+for i in range(0, len(big), 4096):
+    big[i] = 1
+pid = os.fork()
+if pid == 0:
+    own = bytearray(20 * 2**20)
+    for i in range(0, len(own), 4096):
+        own[i] = 1
+    time.sleep(1.5)
+    os._exit(0)
+for _ in range(60):
+    subprocess.run(["uname", "-p"], stdout=subprocess.DEVNULL)
+os.waitpid(pid, 0)
+"""
+
+
+def test_poller_counts_workers_once_and_never_exec_helpers():
+    import subprocess
+    import sys
+    import time
+
+    from anonfeat.bench import _TreePoller
+
+    proc = subprocess.Popen([sys.executable, "-c", _TREE])
+    poller = _TreePoller(proc.pid, private_interval=0.05)
+    while proc.poll() is None:
+        poller.poll()
+        time.sleep(0.005)
+    assert proc.returncode == 0
+    # a helper caught before its exec showed the parent's 200 MB: only the forked child may show that
+    # much (a helper seen twice after its exec counts with its own few MB)
+    big = [pid for pid, kb in poller.vm_hwm.items() if kb > 30 * 1024]
+    assert len(big) == 1, (poller.vm_hwm, poller.helpers())
+    (pid,) = big
+    seen = (poller.vm_hwm, poller.private, poller.helpers())
+    assert poller.vm_hwm[pid] > 200 * 1024, seen  # kB: its resident set includes the parent's pages...
+    assert 15 * 1024 < poller.private[pid] < poller.vm_hwm[pid] / 2, seen  # ...but few are its own

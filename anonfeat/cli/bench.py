@@ -97,8 +97,9 @@ def bench_command(
     for name in ("short", "long"):
         if name in mem:
             m = mem[name]
-            detail = (f"main {_fmt(m['main_mb'], 0)} + workers {' + '.join(_fmt(w, 0) for w in m['workers_mb']) or '0'}"
-                      f"; PSS {_fmt(m['pss_mb'], 0)} MB")
+            detail = (f"main {_fmt(m['main_mb'], 0)} + workers' private "
+                      f"{' + '.join(_fmt(w, 0) for w in m['workers_private_mb']) or '0'}; sum of peaks "
+                      f"{_fmt(m['rss_sum_mb'], 0)}, PSS {_fmt(m['pss_mb'], 0)} MB")
         else:
             detail = "skipped (--skip-memory)"
         table.add_row(f"rss_{name}_mb", _fmt(result[f"rss_{name}_mb"], 0), "MB", detail)
