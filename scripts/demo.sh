@@ -22,7 +22,7 @@ rm -f "$OUT/sanitized.h5"
 anonfeat sanitize "$OUT/raw.h5" --adapter "$OUT/adapter.safetensors" --out "$OUT/sanitized.h5"
 echo "[demo] 6/8 train-pruner on decoded clips of the train split (attribute labels through gradient reversal)"
 anonfeat train-pruner "$OUT/bench/videos" --labels "$OUT/bench/labels.csv" --out "$OUT/pruner.safetensors" \
-    --encoder videomae-demo --frame-stride 2 --epochs 60 --lr 1e-3 --lambda 1.0 --workers 1
+    --encoder videomae-demo --frame-stride 2 --epochs 60 --lr 1e-3 --lambda 1.0 --train-blocks 4 --workers 1
 echo "[demo] 7/8 prune: pruned features, anonymized videos and heatmaps of the first videos"
 rm -f "$OUT/pruned.h5"
 anonfeat prune "$OUT/bench/videos" --pruner "$OUT/pruner.safetensors" --out "$OUT/pruned.h5" \
