@@ -666,6 +666,8 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         "device": str(device),
         "overlap_bound_cps": overlap_bound(decode_cps, encode_cps, device),
         "sanitize_per_video_cps": sanitize_per_video_cps,
+        "e2e_decode_wait_s": _median(samples.e2e_decode_wait_s),  # per e2e run, median of the rounds
+        "e2e_device_wait_s": _median(samples.e2e_device_wait_s),
         "encode_gflops_per_clip": flops / 1e9,
         "encode_tflops": encode_tflops,
         "bf16_peak_tflops": peak,

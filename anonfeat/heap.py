@@ -52,7 +52,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapTrimmer:
-    """`maybe()` after each unit of work: trims the heap when `interval` seconds have passed."""
+    """`maybe()` after each unit of work: trims the heap when `interval` seconds have passed
+    (`interval` None: never; left at its default: `trim_interval()`, i.e. ANONFEAT_HEAP_TRIM or 1 s)."""
 
     def __init__(self, interval: float | None = -1.0):
         self.interval = trim_interval() if interval is not None and interval < 0 else interval

@@ -39,6 +39,11 @@ def _check_consistent(result: dict) -> None:
         samples = result["samples"][name]
         assert len(samples) == result["settings"]["repeats"]
         assert min(samples) <= result[f"{name}_cps"] <= max(samples)  # the median of the rounds
+    for name in ("e2e_decode_wait_s", "e2e_device_wait_s"):  # where the e2e loop waited, per round
+        samples = result["samples"][name]
+        assert len(samples) == result["settings"]["repeats"] and all(v >= 0 for v in samples)
+        assert min(samples) <= result[name] <= max(samples)
+    assert 0 < result["e2e_decode_wait_s"] < result["settings"]["clips_per_round"] / min(result["samples"]["e2e"])
 
 
 def test_bench_api_without_memory(tmp_path):

@@ -13,12 +13,6 @@ from anonfeat.cli import options as opt
 from anonfeat.cli.app import app, console, err_console
 
 
-def _median(values: list) -> float:
-    import statistics
-
-    return statistics.median(values) if values else float("nan")
-
-
 def _fmt(value, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -82,9 +76,9 @@ def bench_command(
     table.add_row("decode_cps", _fmt(result["decode_cps"]), "clips/s", spread("decode"))
     table.add_row("encode_cps", _fmt(result["encode_cps"]), "clips/s", spread("encode"))
     table.add_row("e2e_cps", _fmt(result["e2e_cps"]), "clips/s", spread("e2e"))
-    table.add_row("  waiting for frames", _fmt(_median(samples["e2e_decode_wait_s"]), 2), "s",
+    table.add_row("  waiting for frames", _fmt(result["e2e_decode_wait_s"], 2), "s",
                   f"of {_fmt(s['clips_per_round'] / result['e2e_cps'], 2)} s per e2e run; waiting for the model "
-                  f"{_fmt(_median(samples['e2e_device_wait_s']), 2)} s")
+                  f"{_fmt(result['e2e_device_wait_s'], 2)} s")
     table.add_row("naive_cps", _fmt(result["naive_cps"]), "clips/s", spread("naive"))
     table.add_row("sanitize_cps", _fmt(result["sanitize_cps"]), "clips/s",
                   f"videos of {s['sanitize_sequence_length']} clips, padded groups; "
