@@ -24,6 +24,7 @@ ones. What this survives is tested with SIGKILL at each step (README "Guarantees
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -38,6 +39,7 @@ import numpy as np
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.killpoints import kill_point
+from anonfeat.video.discover import key_problem
 
 FORMAT_VERSION = 1
 VIDEOS = "videos"
@@ -81,21 +83,41 @@ class StoreHeader:
 
     @classmethod
     def from_attrs(cls, attrs, path: str | os.PathLike = "") -> "StoreHeader":
+        name = ""
         try:
+            name = "encoder_config"
+            encoder_config = EncoderConfig.from_json(_text_attr(attrs, name))
+            name = "sampling"
+            sampling = json.loads(_text_attr(attrs, name))
+            if not isinstance(sampling, dict):
+                raise TypeError("not a JSON object")
+            name = "extra"
+            extra = json.loads(_text_attr(attrs, name)) if name in attrs else {}
+            if not isinstance(extra, dict):
+                raise TypeError("not a JSON object")
+            name = "dim"
+            dim = attrs["dim"]
+            if isinstance(dim, (bytes, str, float)) or int(dim) != dim or int(dim) < 1:
+                raise TypeError("dim is not a positive integer")
+            name = "dtype"
+            dtype = _text_attr(attrs, name)
+            if dtype not in ("float16", "float32"):
+                raise TypeError(f"dtype {dtype!r} is not float16 or float32")
+            name = "encoder"
             return cls(
-                encoder=str(attrs["encoder"]),
-                encoder_config=EncoderConfig.from_json(attrs["encoder_config"]),
-                checkpoint_sha256=str(attrs["checkpoint_sha256"]),
-                sampling=json.loads(attrs["sampling"]),
-                dim=int(attrs["dim"]),
-                dtype=str(attrs["dtype"]),
-                features=str(attrs["features"]),
-                adapter_sha256=str(attrs.get("adapter_sha256", "")),
-                extra=json.loads(attrs.get("extra", "{}")),
+                encoder=_text_attr(attrs, "encoder"),
+                encoder_config=encoder_config,
+                checkpoint_sha256=_text_attr(attrs, "checkpoint_sha256"),
+                sampling=sampling,
+                dim=int(dim),
+                dtype=dtype,
+                features=_text_attr(attrs, "features"),
+                adapter_sha256=_text_attr(attrs, "adapter_sha256") if "adapter_sha256" in attrs else "",
+                extra=extra,
             )
-        except (KeyError, ValueError) as exc:
-            raise AnonfeatError(f"{path}: not an anonfeat feature store (root attribute {exc} "
-                                "missing or malformed); extract it with `anonfeat extract`") from None
+        except (KeyError, ValueError, TypeError, AttributeError, AnonfeatError) as exc:
+            raise AnonfeatError(f"{path}: not an anonfeat feature store (root attribute {name!r} missing or "
+                                f"malformed: {_first_line(exc)}); extract it with `anonfeat extract`") from None
 
 
 @dataclass
@@ -139,13 +161,35 @@ class FeatureStore:
         self.path = Path(path)
         if mode == "r" and not self.path.is_file():
             raise AnonfeatError(f"{self.path}: no such feature store; create it with `anonfeat extract`")
+        self._lock = None if mode == "r" else _lock_for_writing(self.path)
+        try:
+            self._file = self._open(mode)
+            _check_structure(self._file, self.path)
+        except BaseException:
+            if getattr(self, "_file", None) is not None and self._file.id.valid:
+                self._file.close()
+            _release(self._lock)
+            raise
+        self.mode = mode
+        self._header: StoreHeader | None = None
+
+    def _open(self, mode: str) -> h5py.File:
         try:
             try:
-                self._file = h5py.File(self.path, mode)
+                return h5py.File(self.path, mode)
             except OSError as exc:
-                if mode == "r" or not _extend_truncated(self.path, exc):
+                if mode == "r" or not (on_disk := _extend_truncated(self.path, exc)):
                     raise
-                self._file = h5py.File(self.path, mode)
+                handle = h5py.File(self.path, mode)
+                damage = _repair_cut_short(handle, on_disk)
+                if damage:  # put the file back as it was and say so
+                    handle.close()
+                    os.truncate(self.path, on_disk)
+                    raise AnonfeatError(
+                        f"{self.path}: the file is cut short ({on_disk:,} bytes on disk, its header records more) "
+                        f"and {damage}; it cannot be repaired: move it aside "
+                        f"(mv {self.path} {self.path}.damaged) and re-run into a new file") from None
+                return handle
         except BlockingIOError:
             raise AnonfeatError(f"{self.path}: the store is open for writing by another process; "
                                 "wait for it or write to another --out") from None
@@ -157,12 +201,11 @@ class FeatureStore:
                                     "permissions or choose another --out") from None
             if _TRUNCATED.search(str(exc)):
                 raise AnonfeatError(f"{self.path}: the file ends before the end its header records (a write "
-                                    "failed, e.g. the disk filled up); re-run the command that wrote it, which "
-                                    "restores the missing end, then check with `anonfeat inspect --verify`") from None
+                                    "failed, e.g. the disk filled up, or the file was cut short); re-run the command "
+                                    "that wrote it, which restores a cut-short last write or says that the file "
+                                    "cannot be repaired, then check with `anonfeat inspect --verify`") from None
             raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({_first_line(exc)}); "
                                 "pass a store made by `anonfeat extract`") from None
-        self.mode = mode
-        self._header: StoreHeader | None = None
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> "FeatureStore":
@@ -174,13 +217,17 @@ class FeatureStore:
     def close(self, failing: bool = False) -> None:
         """Close the file; when a write already failed (disk full...), a failing final flush is
         not raised over that first error: what was flushed before stays readable."""
-        if self._file.id.valid:
-            try:
-                self._file.close()
-            except Exception as exc:  # noqa: BLE001 - HDF5 raises OSError/RuntimeError/KeyError here
-                if not failing:
-                    raise AnonfeatError(f"{self.path}: closing the store failed ({_first_line(exc)}); "
-                                        "videos flushed before are intact, re-run to finish") from None
+        try:
+            if self._file.id.valid:
+                try:
+                    self._file.close()
+                except Exception as exc:  # noqa: BLE001 - HDF5 raises OSError/RuntimeError/KeyError here
+                    if not failing:
+                        raise AnonfeatError(f"{self.path}: closing the store failed ({_first_line(exc)}); "
+                                            "videos flushed before are intact, re-run to finish") from None
+        finally:
+            _release(self._lock)
+            self._lock = None
 
     # -- header -------------------------------------------------------------------------------
     @property
@@ -234,14 +281,29 @@ class FeatureStore:
         return self._file[_h5_path(VIDEOS, key)]
 
     def clip_features(self, key: str) -> np.ndarray:
-        return self._group(key)["clip_features"][()].astype(np.float32)
+        return self._features(key, self._group(key), "clip_features").astype(np.float32)
 
     def clip_ranges(self, key: str) -> np.ndarray:
         return self._group(key)["clip_ranges"][()]
 
     def static_features(self, key: str) -> np.ndarray | None:
         group = self._group(key)
-        return group["static_features"][()].astype(np.float32) if "static_features" in group else None
+        return self._features(key, group, "static_features").astype(np.float32) if "static_features" in group else None
+
+    def feature_shape(self, key: str, name: str = "clip_features") -> tuple[int, ...] | None:
+        """Shape of a video's features dataset without reading it (None when it has none)."""
+        group = self._group(key)
+        return self._features(key, group, name, read=False).shape if name in group else None
+
+    def _features(self, key: str, group: h5py.Group, name: str, read: bool = True):
+        """A features dataset, checked from its shape and storage before any value is read: a crafted file
+        (a lazily allocated huge dataset, strings, 1-D) is refused in one line instead of allocated."""
+        data = group.get(name)
+        problem = _shape_problem(name, data, self.header) if isinstance(data, h5py.Dataset) else f"{name} is not a dataset"
+        if problem:
+            raise AnonfeatError(f"{self.path}: video {key!r}: {problem}; the store is damaged or was not written by "
+                                "anonfeat: check it with `anonfeat inspect --verify` and re-extract that video")
+        return data[()] if read else data
 
     def dataset(self, key: str, name: str) -> np.ndarray:
         """Any dataset of a complete video by its name in the group (e.g. "pruning/kept_1")."""
@@ -257,9 +319,9 @@ class FeatureStore:
         group = self._group(key)
         return VideoRecord(
             key=key,
-            clip_features=group["clip_features"][()],
+            clip_features=self._features(key, group, "clip_features"),
             clip_ranges=group["clip_ranges"][()],
-            static_features=group["static_features"][()] if "static_features" in group else None,
+            static_features=self._features(key, group, "static_features") if "static_features" in group else None,
             static_frames=group["static_frames"][()] if "static_frames" in group else None,
             attrs={k: _plain(v) for k, v in group.attrs.items() if k != "complete"},
             extras=_extra_datasets(group),
@@ -280,7 +342,14 @@ class FeatureStore:
     def write_video(self, record: VideoRecord, compression: str | None = None) -> None:
         """Write one video atomically in the protocol's sense: datasets, then `complete`, then flush."""
         self._require_writable()
+        self._check_key(record.key)
         kill_point("write")
+        dtype = np.dtype(self.header.dtype)
+        for name, values in (("clip_features", record.clip_features), ("static_features", record.static_features)):
+            if values is not None and not np.isfinite(np.asarray(values).astype(dtype)).all():
+                raise AnonfeatError(f"{self.path}: video {record.key!r}: {name} hold NaN or Inf in {dtype} (the "
+                                    "model or adapter produced them, or values beyond the dtype's range); nothing "
+                                    "of it was written: check the model file, or use --dtype float32")
         data_bytes = sum(np.asarray(a).size for a in (record.clip_features, record.static_features) if a is not None)
         extra_bytes = sum(np.asarray(a).nbytes for a in record.extras.values())
         self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + extra_bytes + 16 * len(record.clip_ranges),
@@ -290,7 +359,6 @@ class FeatureStore:
             del self._file[path]  # say so before its space can be reused by the new datasets
             self._file.flush()
         group = self._file.create_group(path)
-        dtype = np.dtype(self.header.dtype)
         opts = {"compression": compression} if compression else {}
         group.create_dataset("clip_features", data=np.asarray(record.clip_features, dtype=dtype), **opts)
         kill_point("write-datasets")
@@ -333,6 +401,7 @@ class FeatureStore:
 
     def record_failure(self, key: str, error: str, source: str = "") -> None:
         self._require_writable()
+        self._check_key(key)
         self.check_space(len(error) + len(source), f"the failure record of {key}")
         self._drop(VIDEOS, key)
         path = _h5_path(FAILURES, key)
@@ -340,6 +409,28 @@ class FeatureStore:
         group.attrs["error"] = error
         group.attrs["source"] = source
         self._file.flush()
+
+    def _check_key(self, key: str) -> None:
+        """Refuse a key whose write or failure record would replace anything but its own video: an
+        invalid key (empty, '.', '..', NUL: it could name /videos itself), a key inside another video's
+        group, or a key whose group holds other videos or failures."""
+        problem = key_problem(key)
+        if problem:
+            raise AnonfeatError(f"{self.path}: refusing video key {key!r} with {problem}; pass video paths "
+                                "relative to the input folder")
+        parts = key.split("/")
+        for root in (VIDEOS, FAILURES):
+            for depth in range(1, len(parts)):
+                ancestor = self._file.get(_h5_path(root, "/".join(parts[:depth])))
+                if ancestor is None:
+                    break
+                if not isinstance(ancestor, h5py.Group) or _is_record(ancestor):
+                    raise AnonfeatError(f"{self.path}: video key {key!r} lies inside /{root}/{'/'.join(parts[:depth])}, "
+                                        "another video's record; rename one of them or use another --out")
+            own = self._file.get(_h5_path(root, key))
+            if own is not None and (not isinstance(own, h5py.Group) or _holds_records(own)):
+                raise AnonfeatError(f"{self.path}: /{root}/{key} holds other videos' records; writing video {key!r} "
+                                    "would replace them: rename it or use another --out")
 
     def _drop(self, group: str, key: str) -> None:
         path = _h5_path(group, key)
@@ -474,16 +565,35 @@ def _check_video(group: h5py.Group, header: StoreHeader) -> list[str]:
 
 def _check_features(name: str, data: h5py.Dataset, header: StoreHeader) -> list[str]:
     out = []
-    if data.ndim != 2 or data.shape[1] != header.dim:
-        out.append(f"{name} has shape {data.shape}, expected (n, {header.dim}) (root dim)")
+    problem = _shape_problem(name, data, header)
+    if problem:
+        return [problem]  # never read values whose shape or storage is wrong
     if data.dtype != np.dtype(header.dtype):
         out.append(f"{name} is {data.dtype}, the store's dtype is {header.dtype}")
-    values = data[()]
-    if np.issubdtype(values.dtype, np.floating):
-        n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-        if n_nan or n_inf:
-            out.append(f"{name} holds {n_nan} NaN and {n_inf} Inf values")
+    n_nan = n_inf = 0
+    for start in range(0, data.shape[0], _ROWS_PER_READ):  # bounded memory whatever the row count
+        values = data[start:start + _ROWS_PER_READ]
+        n_nan, n_inf = n_nan + int(np.isnan(values).sum()), n_inf + int(np.isinf(values).sum())
+    if n_nan or n_inf:
+        out.append(f"{name} holds {n_nan} NaN and {n_inf} Inf values")
     return out
+
+
+_ROWS_PER_READ = 4096
+
+
+def _shape_problem(name: str, data: h5py.Dataset, header: StoreHeader) -> str | None:
+    """What makes a features dataset unreadable as (n, dim) floats, judged without reading its values:
+    its rank, width or type, or a contiguous layout claiming more bytes than the file stores for it
+    (HDF5 returns fill values for unwritten space: a tiny crafted file can claim gigabytes)."""
+    if data.ndim != 2 or data.shape[1] != header.dim:
+        return f"{name} has shape {data.shape}, expected (n, {header.dim}) (root dim)"
+    if data.dtype.kind != "f":
+        return f"{name} is {data.dtype}, not floating point"
+    if data.compression is None and data.chunks is None and data.id.get_storage_size() < data.size * data.dtype.itemsize:
+        return (f"{name} claims {data.size * data.dtype.itemsize:,} bytes but the file stores "
+                f"{data.id.get_storage_size():,} for it")
+    return None
 
 
 def _extra_datasets(group: h5py.Group) -> dict[str, np.ndarray]:
@@ -526,24 +636,168 @@ def _short(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _text_attr(attrs, name: str) -> str:
+    value = attrs[name]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str):
+        raise TypeError(f"{name} is {type(value).__name__}, not text")
+    return value
+
+
+def _is_record(group: h5py.Group) -> bool:
+    """A video group (a `complete` mark or a core dataset) or a failure record (an `error`)."""
+    return ("complete" in group.attrs or "error" in group.attrs
+            or any(d in group for d in _VIDEO_DATASETS))
+
+
+def _holds_records(group: h5py.Group) -> bool:
+    found: list[str] = []
+    group.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Group) and _is_record(obj) else None)
+    return bool(found)
+
+
+def _check_structure(handle: h5py.File, path: Path) -> None:
+    """Refuse a file whose /videos or /failures is not a group, or that holds a soft or external link
+    anywhere: every object a store reads or writes must be inside the store itself (an external link
+    would make `extract` delete and write inside another file)."""
+    for name in (VIDEOS, FAILURES):
+        link = handle.get(name, getlink=True)
+        if link is not None and isinstance(link, h5py.HardLink) and not isinstance(handle.get(name), h5py.Group):
+            raise AnonfeatError(f"{path}: /{name} is not a group; this file is not an anonfeat feature store "
+                                "(crafted or damaged): extract into a new --out")
+    found: list[tuple[str, object]] = []
+
+    def visit(name: str, link) -> bool | None:
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            found.append((name, link))
+            return True  # stop at the first one
+        return None
+
+    handle.visititems_links(visit)
+    if found:
+        name, link = found[0]
+        target = (f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path)
+        kind = "an external" if isinstance(link, h5py.ExternalLink) else "a soft"
+        raise AnonfeatError(f"{path}: /{name} is {kind} link to {target}; a store never links outside its own "
+                            "objects (crafted or damaged file): extract into a new --out")
+
+
+def _lock_for_writing(path: Path) -> int:
+    """An exclusive lock on PATH.lock held while the store is open for writing, independent of HDF5's own
+    file locking (often disabled with HDF5_USE_FILE_LOCKING=FALSE on clusters, where two writers would
+    corrupt the file). fcntl locks are released by the kernel when the process ends, even when killed."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise AnonfeatError(f"{path}: permission denied opening the store for writing (cannot create "
+                                f"{lock_path.name}); fix the permissions or choose another --out") from None
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise AnonfeatError(f"{path}: another process is writing this store (it holds {lock_path}); wait for it "
+                            "to finish or write to another --out") from None
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+), sblock->base_addr = 0, stored_eof = (\d+)")
 
 
-def _extend_truncated(path: Path, exc: OSError) -> bool:
+def _extend_truncated(path: Path, exc: OSError) -> int:
     """When a write fails inside HDF5 (disk full), the superblock can record a larger end of file
     than reached the disk, and HDF5 then refuses to open the file at all. The missing bytes belong
     to the write that failed (the video being written, never marked complete); extending the file
     with zeros to the recorded end (only appending, nothing written is changed) makes the file open,
-    and the re-run deletes and redoes that video. Tested in tests/test_reliability.py."""
+    and the re-run deletes and redoes that video. Returns the size on disk before extending (0: not
+    that case). The caller then drops what lost data with `_repair_cut_short` (a file cut short by
+    other means loses more than its last write), or restores the size and refuses.
+    Tested in tests/test_reliability.py and tests/test_hostile_inputs_2.py."""
     match = _TRUNCATED.search(str(exc))
     if not match:
-        return False
+        return 0
     eof, stored = int(match.group(1)), int(match.group(2))
     if not eof == path.stat().st_size < stored:
-        return False
+        return 0
     with open(path, "r+b") as handle:
         handle.truncate(stored)
-    return True
+    return eof
+
+
+def _repair_cut_short(handle: h5py.File, on_disk: int) -> str:
+    """After `_extend_truncated`: delete every video group and failure record that lost anything in the
+    missing part (now zeros): a dataset reaching byte `on_disk` or an object that no longer reads. The
+    re-run then redoes those videos, as after a crash. Returns "" when repaired, else what cannot be
+    (the root or the /videos index itself was cut). HDF5 does not lay a file out in write order (small
+    raw data and metadata are gathered in blocks), so a video finished before a failed write can lose
+    data too: it is redone, never kept with zeros."""
+    redo: list[str] = []
+
+    def end_of(dataset: h5py.Dataset) -> int:
+        if dataset.chunks is None:
+            offset = dataset.id.get_offset()
+            return 0 if offset is None else offset + dataset.id.get_storage_size()
+        end = 0
+        for index in range(dataset.id.get_num_chunks()):
+            info = dataset.id.get_chunk_info(index)
+            end = max(end, info.byte_offset + info.size)
+        return end
+
+    def intact(record: h5py.Group) -> bool:
+        bad: list[str] = []
+
+        def visit(_: str, obj) -> None:
+            dict(obj.attrs)
+            if isinstance(obj, h5py.Dataset) and end_of(obj) > on_disk:
+                bad.append(obj.name)
+
+        try:
+            dict(record.attrs)
+            record.visititems(visit)
+        except Exception:  # noqa: BLE001 - a zeroed object header raises anything
+            return False
+        return not bad
+
+    def walk(group: h5py.Group) -> None:
+        for name in list(group.keys()):
+            path = f"{group.name}/{name}"
+            try:
+                child = group[name]
+                is_record = isinstance(child, h5py.Group) and _is_record(child)
+            except Exception:  # noqa: BLE001
+                redo.append(path)
+                continue
+            if not isinstance(child, h5py.Group):
+                continue
+            if is_record:
+                if not intact(child):
+                    redo.append(path)
+            else:
+                walk(child)
+
+    try:
+        dict(handle.attrs)
+        for root in (VIDEOS, FAILURES):
+            if root in handle:
+                walk(handle[root])
+        for path in redo:
+            del handle[path]
+        handle.flush()
+        for root in (VIDEOS, FAILURES):  # what is left must list and read
+            if root in handle:
+                list(_walk_groups(handle[root], "complete" if root == VIDEOS else "error"))
+    except Exception as exc:  # noqa: BLE001
+        return f"its index is unreadable: {_first_line(exc)}"
+    return ""
 
 
 def _not_writable(path: Path) -> bool:
