@@ -741,6 +741,7 @@ def _repair_cut_short(handle: h5py.File, on_disk: int) -> str:
     raw data and metadata are gathered in blocks), so a video finished before a failed write can lose
     data too: it is redone, never kept with zeros."""
     redo: list[str] = []
+    unreadable: list[str] = []
 
     def end_of(dataset: h5py.Dataset) -> int:
         if dataset.chunks is None:
@@ -773,8 +774,8 @@ def _repair_cut_short(handle: h5py.File, on_disk: int) -> str:
             try:
                 child = group[name]
                 is_record = isinstance(child, h5py.Group) and _is_record(child)
-            except Exception:  # noqa: BLE001
-                redo.append(path)
+            except Exception:  # noqa: BLE001 - its object header was cut: HDF5 cannot even delete it
+                unreadable.append(path)
                 continue
             if not isinstance(child, h5py.Group):
                 continue
@@ -789,6 +790,8 @@ def _repair_cut_short(handle: h5py.File, on_disk: int) -> str:
         for root in (VIDEOS, FAILURES):
             if root in handle:
                 walk(handle[root])
+        if unreadable:  # refuse before changing anything
+            return f"{len(unreadable)} object(s) of it no longer read (first: {unreadable[0]})"
         for path in redo:
             del handle[path]
         handle.flush()
@@ -796,7 +799,7 @@ def _repair_cut_short(handle: h5py.File, on_disk: int) -> str:
             if root in handle:
                 list(_walk_groups(handle[root], "complete" if root == VIDEOS else "error"))
     except Exception as exc:  # noqa: BLE001
-        return f"its index is unreadable: {_first_line(exc)}"
+        return f"its index of videos no longer reads ({_first_line(exc)})"
     return ""
 
 

@@ -248,3 +248,143 @@ def test_crafted_stores_give_one_line_everywhere(small_store, tmp_path, kind, ne
     if kind.startswith("features") or kind == "huge_lazy":
         with FeatureStore(out) as store, pytest.raises(AnonfeatError, match="inspect --verify"):
             store.clip_features("a.mp4")
+
+
+# -- 3. rotated phone videos ----------------------------------------------------------------------
+def write_lossless(path: Path, frames: np.ndarray, rotation: int = 0, fps: int = 25) -> None:
+    """H.264 qp 0 in yuv444p (pixels survive exactly enough for identical model inputs); `rotation`:
+    PyAV's counter-clockwise display-matrix angle (a phone held upright records -90)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def random_pruner(tmp_path_factory) -> Path:
+    from anonfeat.pruning.backbone import build_pruner
+    from anonfeat.pruning.io import save_pruner
+
+    model, _ = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
+    return save_pruner(model, tmp_path_factory.mktemp("pruner") / "pruner.safetensors",
+                       {"sampling": {"frame_stride": 1}})
+
+
+def test_rotated_phone_video_is_anonymized_upright_and_drops_what_the_pruner_dropped(tmp_path, random_pruner):
+    import av
+
+    from anonfeat.pruning.io import load_pruner
+    from anonfeat.pruning.render import frame_grids, pixel_cells, pixel_mask
+    from anonfeat.pruning.run import prune
+    from anonfeat.video.reader import display_rotation, iter_upright_frames
+    from anonfeat.video.sampling import Sampling
+
+    stored = moving_frames(16, 48, 80, seed=21)  # landscape as stored by the sensor
+    upright = np.ascontiguousarray(np.rot90(stored, k=-1, axes=(1, 2)))  # turned 90 degrees clockwise: 80 x 48
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_lossless(videos / "phone.mp4", stored, rotation=-90)
+    write_lossless(videos / "turned.mp4", upright)
+    with av.open(str(videos / "phone.mp4")) as container:
+        assert display_rotation(next(container.decode(video=0))) == 90  # really a rotated phone video
+    assert np.abs(np.stack(list(iter_upright_frames(videos / "phone.mp4"))).astype(int) - upright).max() <= 3
+
+    result = prune(videos, tmp_path / "p.h5", random_pruner, frame_stride=1, keep_ratio=0.5, batch_size=4,
+                   save_videos=tmp_path / "anon", workers=0, progress=False)
+    assert not result.failed
+    loaded = load_pruner(random_pruner)
+    enc, last = loaded.config.encoder, loaded.config.prune_blocks[-1]
+    with FeatureStore(tmp_path / "p.h5") as store:
+        kept = {name: store.dataset(name, f"pruning/kept_{last}") for name in ("phone.mp4", "turned.mp4")}
+        assert store.video_attrs("phone.mp4")["height"] == 80 and store.video_attrs("phone.mp4")["width"] == 48
+    np.testing.assert_array_equal(kept["phone.mp4"], kept["turned.mp4"])  # the model saw the same upright clips
+    outputs = {}
+    for name in ("phone.mp4", "turned.mp4"):
+        with av.open(str(tmp_path / "anon" / name)) as container:
+            frames = list(container.decode(video=0))
+            assert display_rotation(frames[0]) == 0  # written upright, no display matrix
+            outputs[name] = np.stack([f.to_ndarray(format="rgb24") for f in frames]).astype(int)
+    assert outputs["phone.mp4"].shape == (16, 80, 48, 3)
+    grids = frame_grids(16, Sampling(clip_len=enc.clip_len, frame_stride=1), kept["phone.mp4"], enc)
+    rows, cols = pixel_cells(80, 48, enc, "short")
+    dropped = ~np.stack([pixel_mask(g, rows, cols) for g in grids])
+    assert 0.3 < dropped.mean() < 0.95
+    for name, frames in outputs.items():
+        assert frames[dropped].max() == 0, name  # no pixel the pruner dropped is visible
+        assert np.abs(frames[~dropped] - upright[~dropped]).max() <= 3, name
+    np.testing.assert_array_equal(outputs["phone.mp4"] == 0, outputs["turned.mp4"] == 0)
+
+
+# -- 6. the pixel limit holds for every decoded frame ---------------------------------------------
+def write_growing(path: Path, small: int, large: int) -> None:
+    """MJPEG in Matroska whose frames change size mid-stream: 10 frames small x small, then 6 large x large
+    (the header only knows the first size)."""
+    from fractions import Fraction
+
+    import av
+
+    def encoded(size: int, n: int, seed: int) -> list:
+        codec = av.CodecContext.create("mjpeg", "w")
+        codec.width = codec.height = size
+        codec.pix_fmt, codec.time_base = "yuvj444p", Fraction(1, 25)
+        rng = np.random.default_rng(seed)
+        packets = []
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8), format="rgb24")
+            frame.pts = i
+            packets += codec.encode(frame.reformat(format="yuvj444p"))
+        return packets + list(codec.encode(None))
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width = stream.height = small
+        stream.pix_fmt = "yuvj444p"
+        for i, packet in enumerate(encoded(small, 10, 0) + encoded(large, 6, 1)):
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 25)
+            container.mux(packet)
+
+
+def test_frame_growing_past_the_pixel_limit_mid_stream_fails_that_video(tmp_path, small_videos, monkeypatch):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_growing(videos / "grows.mkv", 32, 300)
+    shutil.copy(small_videos / "a.mp4", videos / "a.mp4")
+    monkeypatch.setenv("ANONFEAT_MAX_PIXELS", str(200 * 200))
+    result = extract(videos, tmp_path / "o.h5", ExtractOptions(**OPTIONS))
+    assert result.exit_code == 3 and result.written == ["a.mp4"]
+    assert "grows.mkv: frame size 300x300 (90,000 pixels) is above the limit of 40,000" in result.failed["grows.mkv"]
+    from anonfeat.video.reader import iter_upright_frames  # the anonymized-video reader holds the limit too
+
+    with pytest.raises(AnonfeatError, match="300x300"):
+        list(iter_upright_frames(videos / "grows.mkv"))
+
+
+# -- 9. a store cut short -------------------------------------------------------------------------
+@pytest.mark.parametrize("fraction", [0.5, 0.97])
+def test_store_cut_short_is_repaired_or_refused_plainly(small_videos, small_store, tmp_path, fraction):
+    out = copy_store(small_store, tmp_path)
+    size = int(out.stat().st_size * fraction)
+    os.truncate(out, size)
+    cut = out.read_bytes()
+    run = forked_cli(["inspect", str(out)], tmp_path)
+    assert run.returncode == 2 and "re-run the command that wrote it" in one_line(run.stderr)
+    run = forked_cli(["extract", str(small_videos), "--out", str(out), *FLAGS], tmp_path)
+    assert "Traceback" not in run.stderr + run.stdout
+    if run.returncode == 2:  # not repairable: said so, the file left as it was
+        assert "cannot be repaired: move it aside" in one_line(run.stderr)
+        assert out.read_bytes() == cut
+    else:  # repaired: what lost data was redone, the store equals the original
+        assert run.returncode == 0, run.stderr
+        with FeatureStore(out) as store, FeatureStore(small_store) as original:
+            assert store.verify() == [] and store.videos() == original.videos()
+            for key in original.videos():
+                np.testing.assert_allclose(store.clip_features(key), original.clip_features(key), atol=1e-5)

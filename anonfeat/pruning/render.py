@@ -71,15 +71,18 @@ def pixel_mask(grid_mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.
 
 def write_anonymized_video(source: str | Path, out: str | Path, n_frames: int, fps: float, sampling: Sampling,
                            kept: np.ndarray, cfg: EncoderConfig) -> None:
-    """Re-encode `source` at its resolution with every pixel of a dropped tubelet set to black."""
-    from anonfeat.video.writer import VideoWriter, read_frames
+    """Re-encode `source` at its resolution with every pixel of a dropped tubelet set to black. Frames are
+    read upright (the source's display rotation applied, as for the model) and written upright without a
+    display matrix, so the masks fall where the model saw and every player shows the copy as the source."""
+    from anonfeat.video.reader import iter_upright_frames
+    from anonfeat.video.writer import VideoWriter
 
     masks = frame_grids(n_frames, sampling, kept, cfg)
     out = Path(out)
     tmp = out.with_name(out.stem + ".partial" + out.suffix)
     writer, cells = None, None
     try:
-        for index, frame in enumerate(read_frames(source)):
+        for index, frame in enumerate(iter_upright_frames(source)):
             if writer is None:
                 height, width = frame.shape[:2]
                 writer = VideoWriter(tmp, fps if fps > 0 else 25.0, width, height, lossless=True)

@@ -11,7 +11,12 @@ decord's own reader is not used for decoding because it reads packets ahead with
 reading loop pushes packets while the decoder thread has no frame ready yet, so at the start of a
 video (and after each seek) it can queue most of the compressed file in memory (measured: +160 to
 +200 MB for the first 150 frames of a 190 MB file, +12 MB for a 3 MB one). decord remains the
-fallback for what the PyAV path does not handle (rotated videos, frames without timestamps).
+fallback for what the PyAV path does not handle (frames without timestamps).
+
+Rotation is handled here and only here: a stream's display matrix (phone videos) is applied to every
+decoded frame as `ffmpeg`'s autorotate applies it (`display_rotation`), so the model, the pruning
+masks and the anonymized-video writer all see the same upright frames. Every decoded frame is held
+to the pixel limit, not only the header's size (a stream can change size mid-way).
 """
 
 from __future__ import annotations
@@ -62,6 +67,35 @@ def probe_stream(path: Path) -> tuple[int, int] | None:
         raise
     except Exception:  # noqa: BLE001 - unreadable containers are diagnosed by decord below
         return None
+
+
+def display_rotation(frame) -> int:
+    """Degrees (0, 90, 180 or 270) a player turns `frame` clockwise to show it upright: FFmpeg's
+    display-matrix angle (PyAV's `frame.rotation` is the counter-clockwise angle), and like ffmpeg's
+    autorotate only multiples of 90 within a degree; other angles (and flips) are left as stored."""
+    theta = -float(getattr(frame, "rotation", 0) or 0) % 360.0
+    quarter = round(theta / 90.0)
+    return int(quarter % 4) * 90 if abs(theta - 90.0 * quarter) < 1.0 else 0
+
+
+def autorotate_filters(rotation: int) -> list[tuple[str, str]]:
+    """The FFmpeg filters (name, arguments) that turn a frame upright, as ffmpeg's autorotate inserts them."""
+    return {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
+            270: [("transpose", "cclock")]}.get(rotation, [])
+
+
+def iter_upright_frames(path: str | Path):
+    """Every frame of a video as upright RGB uint8 (H, W, 3) at its native size, in decode order, each
+    checked against the pixel limit: what a player shows, for writing anonymized copies."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), metadata_errors="ignore") as container:
+        for frame in container.decode(video=0):
+            _check_size(path, frame.height, frame.width)
+            rgb = frame.to_ndarray(format="rgb24")
+            rotation = display_rotation(frame)
+            yield np.ascontiguousarray(np.rot90(rgb, k=-rotation // 90)) if rotation else rgb
 
 
 def _check_size(path: Path, height: int, width: int) -> None:
@@ -146,7 +180,9 @@ class FrameReader:
         if self._sequential is not None:
             try:
                 return self._sequential.get(indices)
-            except Exception:  # noqa: BLE001 - e.g. a rotated stream or a frame without a timestamp
+            except VideoError:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. a frame without a timestamp
                 self._sequential.close()
                 self._sequential = None
                 self._open_decord()
@@ -216,8 +252,9 @@ class SequentialDecoder:
             ctx.thread_count = 1
             ctx.thread_type = "SLICE"
             self._stream = stream
+            self._path = path
             self._size = (out_w, out_h)
-            self._graph = None
+            self._graph, self._graph_key = None, None
             self._frames = None  # the decoding iterator
             self._next = 0  # index of the next frame the iterator will yield
         except BaseException:
@@ -243,19 +280,20 @@ class SequentialDecoder:
     def _scale(self, frame) -> np.ndarray:
         import av
 
-        if getattr(frame, "rotation", 0):
-            raise ValueError("rotated stream")  # decord applies the display matrix; fall back to it
-        if self._graph is None:
+        key = (display_rotation(frame), frame.width, frame.height, frame.format.name)
+        if self._graph is None or self._graph_key != key:  # the first frame, or the stream changed
             graph = av.filter.Graph()
-            src = graph.add_buffer(template=self._stream)
-            scale = graph.add("scale", f"{self._size[0]}:{self._size[1]}:flags=bilinear")
-            fmt = graph.add("format", "rgb24")
-            sink = graph.add("buffersink")
-            src.link_to(scale)
-            scale.link_to(fmt)
-            fmt.link_to(sink)
+            chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                      time_base=self._stream.time_base)]
+            for name, args in autorotate_filters(key[0]):  # upright first, as ffmpeg's autorotate
+                chain.append(graph.add(name, args) if args else graph.add(name))
+            chain.append(graph.add("scale", f"{self._size[0]}:{self._size[1]}:flags=bilinear"))
+            chain.append(graph.add("format", "rgb24"))
+            chain.append(graph.add("buffersink"))
+            for a, b in zip(chain, chain[1:]):
+                a.link_to(b)
             graph.configure()
-            self._graph = graph
+            self._graph, self._graph_key = graph, key
         self._graph.push(frame)
         return self._graph.pull().to_ndarray()
 
@@ -270,6 +308,7 @@ class SequentialDecoder:
                 frame = next(self._frames, None)
                 if frame is None:
                     raise ValueError(f"the stream ended before frame {target}")
+                _check_size(self._path, frame.height, frame.width)  # every frame: sizes can change mid-stream
                 index = self._index_of.get(frame.pts)
                 if index is None:
                     raise ValueError("a decoded frame without a known timestamp")
