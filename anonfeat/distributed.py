@@ -573,17 +573,22 @@ def run_store_command(source: str | os.PathLike | Iterable, out: str | os.PathLi
     from anonfeat.video.discover import find_videos
 
     ctx = init_from_env(options.device, backend="gloo")
-    videos = find_videos(source) if isinstance(source, (str, os.PathLike)) else list(source)
+    warnings: list[str] = []  # unreadable folders: reported with the result, whose exit status they make 3
+    videos = find_videos(source, warnings) if isinstance(source, (str, os.PathLike)) else list(source)
     if not ctx.enabled and not shard_dir(out).is_dir():
-        return run(videos, Path(out), options)
-    shard_options = replace(options, device=str(ctx.device))
-    show_progress = bool(options.progress) and ctx.is_main
+        result = run(videos, Path(out), options)
+    else:
+        shard_options = replace(options, device=str(ctx.device))
+        show_progress = bool(options.progress) and ctx.is_main
 
-    def one_shard(items: list, path: Path):
-        return run(items, path, replace(shard_options, progress=show_progress and bool(items)))
+        def one_shard(items: list, path: Path):
+            return run(items, path, replace(shard_options, progress=show_progress and bool(items)))
 
-    return run_sharded(videos, out, one_shard, compression=getattr(options, "compression", None),
-                       keep_shards=keep_shards)
+        result = run_sharded(videos, out, one_shard, compression=getattr(options, "compression", None),
+                             keep_shards=keep_shards)
+    if warnings and hasattr(result, "warnings"):
+        result.warnings.extend(w for w in warnings if w not in result.warnings)
+    return result
 
 
 def extract_sharded(source: str | os.PathLike | Iterable, out: str | os.PathLike, options=None,
@@ -592,8 +597,11 @@ def extract_sharded(source: str | os.PathLike | Iterable, out: str | os.PathLike
     per process however many stores it writes."""
     from anonfeat.device import resolve_device
     from anonfeat.extract import ExtractOptions, extract
+    from anonfeat.paths import check_outputs
 
     options = with_overrides(options, ExtractOptions, overrides)
+    check_outputs({"--out": out}, {"VIDEOS": source if isinstance(source, (str, os.PathLike)) else None,
+                                   "--adapter": adapter, "--checkpoint": options.checkpoint})
     loaded: dict = {}
 
     def run(items: list, path: Path, opts):

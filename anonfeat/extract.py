@@ -26,9 +26,10 @@ from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.heap import HeapTrimmer
 from anonfeat.options import with_overrides
+from anonfeat.paths import check_outputs
 from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
-from anonfeat.video.discover import VideoItem, find_videos
+from anonfeat.video.discover import VideoItem, check_keys, find_videos
 from anonfeat.video.reader import _first_line
 from anonfeat.video.sampling import Sampling
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
@@ -51,6 +52,7 @@ class ClipJob:
     on_video: Callable[[VideoRecord], None] | None = None
     label: str = "extract"
     fixed_batch: bool = False  # pad a short last batch to the batch size (compiled models: no recompile)
+    check_videos: Callable[[list[VideoItem]], None] | None = None  # refuse the run before any work (output names)
 
 
 def encoder_job(encoder: nn.Module, transform: FeatureTransform | None = None, compile: bool = False) -> ClipJob:
@@ -94,10 +96,11 @@ class ExtractResult:
     device_wait_s: float = 0.0  # time it waited for the model's outputs (the model is the bound)
     heap_trims: int = 0  # malloc_trim calls of the main process (anonfeat.heap) and their total time
     heap_trim_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # e.g. folders that could not be read (their videos are missing)
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.failed else 0
+        return 3 if self.failed or self.warnings else 0
 
 
 # -- assembling features per video -------------------------------------------------------------
@@ -248,6 +251,8 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     With `adapter` (a file from train-adapter) the store receives sanitized features only.
     """
     options = with_overrides(options, ExtractOptions, overrides)
+    check_outputs({"--out": out}, {"VIDEOS": source if isinstance(source, (str, Path)) else None,
+                                   "--adapter": adapter, "--checkpoint": options.checkpoint})
     _check_options(options)
     device = resolve_device(options.device)
     if encoder is None:
@@ -275,10 +280,14 @@ def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, heade
                 job: ClipJob, options: ExtractOptions, device: torch.device) -> ExtractResult:
     """The per-video loop every store-writing command shares: discover, skip finished videos, decode,
     run `job` on batches of clips, write each video as it completes; bad videos are recorded and skipped."""
-    videos = find_videos(source) if isinstance(source, (str, Path)) else list(source)
+    warnings: list[str] = []
+    videos = find_videos(source, warnings) if isinstance(source, (str, Path)) else list(source)
+    check_keys(videos, source if isinstance(source, (str, Path)) else "videos")
+    if job.check_videos is not None:
+        job.check_videos(videos)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = ExtractResult(store=out, total=len(videos))
+    result = ExtractResult(store=out, total=len(videos), warnings=warnings)
     started = time.perf_counter()
     with FeatureStore(out, "a") as store:
         store.initialize(header)

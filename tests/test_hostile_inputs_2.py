@@ -388,3 +388,114 @@ def test_store_cut_short_is_repaired_or_refused_plainly(small_videos, small_stor
             assert store.verify() == [] and store.videos() == original.videos()
             for key in original.videos():
                 np.testing.assert_allclose(store.clip_features(key), original.clip_features(key), atol=1e-5)
+
+
+# -- 4. outputs never over inputs, never one output for two sources -------------------------------
+def test_outputs_over_inputs_are_refused_before_any_work(small_videos, small_store, random_pruner, tmp_path):
+    from anonfeat.adapter.train import train_adapter
+    from anonfeat.pruning.run import prune
+
+    store = copy_store(small_store, tmp_path)
+    before = store.read_bytes()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,split,action,face\na.mp4,train,x,1\nb.mp4,test,y,0\n")
+    videos = tmp_path / "videos"
+    shutil.copytree(small_videos, videos)
+    sources = {p: p.read_bytes() for p in videos.rglob("*.mp4")}
+    with pytest.raises(AnonfeatError, match=r"--save-videos is also the input VIDEOS"):
+        prune(videos, tmp_path / "p.h5", random_pruner, save_videos=videos, progress=False, workers=0)
+    with pytest.raises(AnonfeatError, match=r"--save-videos lies inside the input folder VIDEOS"):
+        prune(videos, tmp_path / "p.h5", random_pruner, save_videos=videos / "anon", progress=False, workers=0)
+    listing = tmp_path / "list.txt"  # a list outside the folder, whose videos' names are the outputs' names
+    listing.write_text("videos/squat/c.mp4\n")
+    with pytest.raises(AnonfeatError, match=r"--save-videos would write over the input video videos/squat/c.mp4"):
+        prune(listing, tmp_path / "p.h5", random_pruner, save_videos=tmp_path, progress=False, workers=0)
+    with pytest.raises(AnonfeatError, match=r"--out is also the input STORE"):
+        train_adapter(store, labels, store, epochs=1, progress=False)
+    with pytest.raises(AnonfeatError, match=r"--out is also the input --labels"):
+        train_adapter(store, labels, tmp_path / "." / "labels.csv", epochs=1, progress=False)
+    assert store.read_bytes() == before and all(p.read_bytes() == data for p, data in sources.items())
+    assert not (tmp_path / "p.h5").exists() and not (videos / "anon").exists()
+    for args, needle in ((["audit", str(store), "--labels", str(labels), "--json", str(store)], "--json is also"),
+                         (["audit", str(store), "--labels", str(labels), "--plot", str(tmp_path / "x.xyz")],
+                          "--plot cannot write .xyz"),
+                         (["audit", str(store), "--labels", str(labels), "--json", str(labels / "x.json")],
+                          "--json cannot be written"),
+                         (["extract", str(listing), "--out", str(listing), *FLAGS], "--out is also the input VIDEOS"),
+                         (["prune", str(videos), "--pruner", str(random_pruner), "--out", str(tmp_path / "q.h5"),
+                           "--save-videos", str(videos), "--no-progress"], "--save-videos is also the input")):
+        started = time.monotonic()
+        run = forked_cli(args, tmp_path)
+        assert run.returncode == 2 and needle in one_line(run.stderr), (args, run.stderr)
+        assert time.monotonic() - started < 20  # refused up front, not after the audit
+    assert store.read_bytes() == before and labels.read_text().startswith("video,split")
+
+
+def test_sources_that_would_share_an_output_name_are_refused_naming_them(small_videos, random_pruner, tmp_path):
+    from anonfeat.pruning.run import prune
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", moving_frames(16, 32, 32, seed=1), fps=25)
+    write_video(videos / "a.avi", moving_frames(16, 32, 32, seed=2), fps=25)
+    write_video(videos / "a.mkv", moving_frames(16, 32, 32, seed=3), fps=25)
+    with pytest.raises(AnonfeatError) as info:
+        prune(videos, tmp_path / "p.h5", random_pruner, save_videos=tmp_path / "anon", progress=False, workers=0)
+    assert "a.avi, a.mkv, a.mp4 would all be saved as" in str(info.value) and "rename" in str(info.value)
+    assert not (tmp_path / "p.h5").exists()
+    # the store keys keep the extension: without --save-videos the three are three videos
+    result = prune(videos, tmp_path / "p.h5", random_pruner, frame_stride=1, progress=False, workers=0)
+    assert sorted(result.written) == ["a.avi", "a.mkv", "a.mp4"]
+
+
+# -- 10. silent skips and odd names ---------------------------------------------------------------
+@pytest.mark.skipif(os.geteuid() == 0 and not os.environ.get("ANONFEAT_TEST_AS_ROOT_OK"), reason="root reads any folder")
+def test_unreadable_subfolder_is_a_warning_and_exit_3(small_videos, tmp_path):
+    videos = tmp_path / "videos"
+    shutil.copytree(small_videos, videos)
+    (videos / "squat").chmod(0)
+    try:
+        run = forked_cli(["extract", str(videos), "--out", str(tmp_path / "o.h5"), *FLAGS], tmp_path)
+    finally:
+        (videos / "squat").chmod(0o755)
+    assert run.returncode == 3 and "squat: folder skipped, it cannot be read" in " ".join(run.stderr.split())
+    assert len(store_keys(tmp_path / "o.h5")) == 4
+
+
+def test_unreadable_subfolder_is_reported_by_discovery(small_videos, tmp_path, monkeypatch):
+    """The same through a simulated permission error (tests run as root, who reads every folder)."""
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kw):
+        for root, dirs, files in real_walk(top, onerror=onerror, **kw):
+            if "squat" in dirs:
+                dirs.remove("squat")
+                onerror(PermissionError(13, "Permission denied", os.path.join(root, "squat")))
+            yield root, dirs, files
+
+    monkeypatch.setattr(os, "walk", walk)
+    warnings: list[str] = []
+    keys = [item.key for item in find_videos(small_videos, warnings)]
+    assert keys == ["a.mp4", "b.mp4", "run/e.mp4", "run/f.mp4"]
+    assert len(warnings) == 1 and "squat: folder skipped, it cannot be read (Permission denied)" in warnings[0]
+    with pytest.raises(AnonfeatError, match="cannot be read"):
+        find_videos(small_videos)  # callers that cannot report a warning refuse instead of skipping
+    result = extract(small_videos, tmp_path / "o.h5", ExtractOptions(**OPTIONS))
+    assert result.exit_code == 3 and result.warnings == warnings and len(result.written) == 4
+
+
+def test_names_with_rich_markup_are_printed_verbatim(tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "a[").mkdir(parents=True)
+    write_video(videos / "[live].mp4", moving_frames(16, 32, 32, seed=1), fps=25)
+    write_video(videos / "a[" / "x].mp4", moving_frames(16, 32, 32, seed=2), fps=25)
+    (videos / "[bold]bad[red].mp4").write_bytes(b"")
+    out = tmp_path / "[o].h5"
+    run = forked_cli(["extract", str(videos), "--out", str(out), *FLAGS[:-1]], tmp_path)  # with the progress bar
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr
+    assert "failed [bold]bad[red].mp4: empty file" in " ".join(run.stdout.split())
+    assert sorted(store_keys(out)) == ["[live].mp4", "a[/x].mp4"]
+    run = forked_cli(["inspect", str(out)], tmp_path)
+    assert run.returncode == 0 and "[bold]bad[red].mp4" in run.stdout and str(out) in " ".join(run.stdout.split())
+    run = forked_cli(["inspect", str(tmp_path / "[missing].h5")], tmp_path)
+    assert run.returncode == 2 and "[missing].h5: no such feature store" in one_line(run.stderr)

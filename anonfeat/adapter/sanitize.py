@@ -14,6 +14,7 @@ from anonfeat.adapter.io import LoadedAdapter, load_adapter
 from anonfeat.adapter.model import sanitize_features
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
+from anonfeat.paths import check_outputs
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 
 
@@ -89,6 +90,7 @@ def sanitize_store(raw: str | Path, adapter: str | Path, out: str | Path, device
     raw, out = Path(raw), Path(out)
     if _same_file(raw, out) or raw.resolve() == out.resolve():
         raise AnonfeatError(f"{out}: is the raw store itself; write sanitized features to another --out")
+    check_outputs({"--out": out}, {"--adapter": adapter})
     loaded = load_adapter(adapter, resolve_device(device))
     result = SanitizeResult(store=out)
     with FeatureStore(raw) as source:

@@ -37,6 +37,7 @@ from anonfeat.device import autocast
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
 from anonfeat.options import with_overrides
+from anonfeat.paths import check_outputs
 from anonfeat.training import EpochProgress, seed_everything, split_validation
 
 @dataclass
@@ -315,6 +316,7 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     """`anonfeat train-adapter`: fit on the train split of `labels`, write the adapter to `out`."""
     options = with_overrides(options, AdapterTrainOptions, overrides)
     options.validate()
+    check_outputs({"--out": out}, {"STORE": store, "--labels": labels})
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,
                             require_attributes=options.privacy_loss != "ntxent")

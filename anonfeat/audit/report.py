@@ -11,6 +11,34 @@ from rich.table import Table
 from anonfeat.audit.runner import AttackResult, AuditReport, StoreResult
 
 
+def plot_formats() -> dict[str, str]:
+    """{suffix without dot: description} of the image formats `plot` can write (matplotlib's Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return FigureCanvasAgg(Figure()).get_supported_filetypes()
+
+
+def check_report_paths(json_path: str | Path | None, plot_path: str | Path | None, inputs: dict) -> None:
+    """Before an audit runs: --json and --plot are writable files, not inputs nor each other, and --plot
+    has an image suffix matplotlib writes (so no result is lost to a bad path after the whole audit)."""
+    from anonfeat.errors import AnonfeatError
+    from anonfeat.paths import check_outputs, check_writable_file, same_file
+
+    check_outputs({"--json": json_path, "--plot": plot_path}, inputs)
+    if json_path is not None and plot_path is not None and same_file(json_path, plot_path):
+        raise AnonfeatError(f"{json_path}: --json and --plot are one file; give each its own path")
+    if plot_path is not None:
+        formats = plot_formats()
+        suffix = Path(plot_path).suffix.lower().lstrip(".")
+        if suffix not in formats:
+            raise AnonfeatError(f"{plot_path}: --plot cannot write {('.' + suffix) if suffix else 'a file without suffix'}; "
+                                f"use one of {', '.join('.' + f for f in sorted(formats))} (e.g. audit.png)")
+        check_writable_file(plot_path, "--plot")
+    if json_path is not None:
+        check_writable_file(json_path, "--json")
+
+
 # -- JSON -----------------------------------------------------------------------------------------
 def _attack_json(attack: AttackResult) -> dict:
     return {

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from anonfeat import __version__
 from anonfeat.errors import AnonfeatError
@@ -51,13 +52,13 @@ def main() -> None:
     except AnonfeatError as exc:
         if getattr(exc, "quiet", False):  # a distributed run's error, reported by rank 0 with its status
             sys.exit(EXIT_OK)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except OSError as exc:  # disk full, permission denied, ... outside the store's own checks
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         text = str(exc).strip()
         reason = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
-        err_console.print(f"[bold red]error:[/] {where}{reason}; free space or fix the permissions and re-run "
+        err_console.print(f"[bold red]error:[/] {escape(where + str(reason))}; free space or fix the permissions and re-run "
                           "(completed videos are kept)", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from anonfeat.cli.app import app, console
 
@@ -39,8 +40,11 @@ def audit(
 ) -> None:
     """Measure private-attribute leakage (cMAP, lower is better) and utility (top-1) of feature stores."""
     from anonfeat.audit import AuditOptions, audit_stores, plot, render_table, write_json
-    from anonfeat.audit.report import bias_lines, match_lines
+    from anonfeat.audit.report import bias_lines, check_report_paths, match_lines
     from anonfeat.labels import load_labels
+
+    check_report_paths(json_out, plot_out, {**{f"STORE {s}": s for s in stores}, "--labels": labels,
+                                            "--baseline": baseline})
 
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes is not None else None
     options = AuditOptions(attacker=attacker.value, seeds=seeds, epochs=epochs, tasks=tuple(task),
@@ -51,7 +55,7 @@ def audit(
         console.print(f"{labels}: no split column; seeded stratified split on {task[0]!r} "
                       f"({len(label_set.indices('train'))} train / {len(label_set.indices('test'))} test)")
     report = audit_stores(stores, label_set, baseline=baseline, options=options,
-                          progress=lambda path: console.print(f"auditing {path} ...", highlight=False))
+                          progress=lambda path: console.print(f"auditing {escape(str(path))} ...", highlight=False))
     for line in match_lines(report):
         console.print(line, highlight=False)
     console.print(render_table(report))

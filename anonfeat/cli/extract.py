@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from anonfeat.cli import options as opt
-from anonfeat.cli.app import app, console
+from anonfeat.cli.app import app, console, err_console
 
 
 def finish_store_command(result) -> None:
@@ -18,10 +19,12 @@ def finish_store_command(result) -> None:
 
     if not distributed.shutdown():
         raise typer.Exit(0)
-    console.print(f"[bold]{result.store}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
+    console.print(f"[bold]{escape(str(result.store))}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
     for key, error in sorted(result.failed.items()):
-        console.print(f"  [red]failed[/] {key}: {error}", highlight=False)
+        console.print(f"  [red]failed[/] {escape(key)}: {escape(error)}", highlight=False)
+    for warning in getattr(result, "warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     raise typer.Exit(result.exit_code)
 
 

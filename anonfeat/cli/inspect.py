@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from anonfeat.cli.app import EXIT_INVALID, app, console
@@ -19,10 +20,10 @@ def store_summary(path: Path) -> dict:
     with FeatureStore(path) as store:
         header = store.header
         videos = {}
-        for key in store.videos():
-            clips, statics = store.clip_features(key), store.static_features(key)  # not the pruning datasets
-            videos[key] = {"n_clips": int(clips.shape[0]), "dim": int(clips.shape[1]),
-                           "n_static": 0 if statics is None else int(statics.shape[0])}
+        for key in store.videos():  # shapes only: no feature is read (nor the pruning datasets)
+            clips, statics = store.feature_shape(key), store.feature_shape(key, "static_features")
+            videos[key] = {"n_clips": int(clips[0]), "dim": int(clips[1]),
+                           "n_static": 0 if statics is None else int(statics[0])}
         return {
             "encoder": {"name": header.encoder, "config": header.encoder_config.to_dict(),
                         "checkpoint_sha256": header.checkpoint_sha256},
@@ -48,12 +49,12 @@ def _print_verify(store: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     elif report["ok"]:
-        console.print(f"OK: {store}: {report['videos']} complete videos and {report['failed']} recorded "
+        console.print(f"OK: {escape(str(store))}: {report['videos']} complete videos and {report['failed']} recorded "
                       "failures match the root header", highlight=False)
     else:
-        table = Table("video", "problem", title=f"{store}: {len(report['problems'])} problem(s)")
+        table = Table("video", "problem", title=f"{escape(str(store))}: {len(report['problems'])} problem(s)")
         for problem in report["problems"]:
-            table.add_row(problem["video"] or "(store)", problem["problem"])
+            table.add_row(escape(problem["video"] or "(store)"), escape(problem["problem"]))
         console.print(table)
     if not report["ok"]:
         raise typer.Exit(EXIT_INVALID)
@@ -76,7 +77,7 @@ def inspect_command(
         return
     enc = summary["encoder"]
     videos = summary["videos"]
-    table = Table(title=f"{store}", show_header=False)
+    table = Table(title=escape(str(store)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("encoder", f"{enc['name']} (dim {summary['dim']}, sha256 {enc['checkpoint_sha256'][:16]})")
@@ -97,5 +98,5 @@ def inspect_command(
     if summary["failed"]:
         failures = Table("failed video", "error", title="failures")
         for key, error in sorted(summary["failed"].items()):
-            failures.add_row(key, error)
+            failures.add_row(escape(key), escape(error))
         console.print(failures)

@@ -14,6 +14,7 @@ from anonfeat.errors import AnonfeatError
 from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for,
                               store_header, write_store)
 from anonfeat.options import with_overrides
+from anonfeat.paths import check_distinct_targets, check_outputs
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.store import StoreHeader, VideoRecord
@@ -21,6 +22,16 @@ from anonfeat.video.discover import VideoItem
 from anonfeat.video.sampling import Sampling
 
 POOLED = "pooled_features"
+
+
+def saved_video_path(folder: str | Path, key: str) -> Path:
+    """Where `--save-videos FOLDER` writes the anonymized copy of video `key`: its relative path, as .mp4."""
+    return Path(folder) / Path(key).with_suffix(".mp4")
+
+
+def heatmap_folder(folder: str | Path, key: str) -> Path:
+    """Where `--save-heatmaps FOLDER` writes the score maps of video `key`: its relative path without suffix."""
+    return Path(folder) / Path(key).with_suffix("")
 
 
 def kept_dataset(block: int) -> str:
@@ -57,18 +68,24 @@ def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Samplin
 
     def on_video(record: VideoRecord) -> None:
         attrs = record.attrs
-        name = Path(record.key)
         if options.save_videos is not None and blocks:
-            target = Path(options.save_videos) / name.with_suffix(".mp4")
+            target = saved_video_path(options.save_videos, record.key)
             write_anonymized_video(attrs["source"], target, int(attrs["n_frames"]), float(attrs["fps"]), sampling,
                                    record.extras[kept_dataset(blocks[-1])], cfg.encoder)
         if options.save_heatmaps is not None and blocks:
-            save_heatmaps(attrs["source"], Path(options.save_heatmaps) / name.with_suffix(""),
+            save_heatmaps(attrs["source"], heatmap_folder(options.save_heatmaps, record.key),
                           int(attrs["n_frames"]), sampling, [record.extras[kept_dataset(b)] for b in blocks],
                           [record.extras[scores_dataset(b)] for b in blocks], blocks, cfg.encoder)
 
+    def check_videos(videos: list[VideoItem]) -> None:
+        if options.save_videos is not None:
+            check_distinct_targets(videos, lambda key: saved_video_path(options.save_videos, key), "--save-videos")
+        if options.save_heatmaps is not None:
+            check_distinct_targets(videos, lambda key: heatmap_folder(options.save_heatmaps, key), "--save-heatmaps")
+
     side_outputs = options.save_videos is not None or options.save_heatmaps is not None
-    return ClipJob(infer=infer, input=cfg.encoder, on_video=on_video if side_outputs else None, label="prune")
+    return ClipJob(infer=infer, input=cfg.encoder, on_video=on_video if side_outputs else None, label="prune",
+                   check_videos=check_videos if side_outputs else None)
 
 
 def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_ratio: float | None) -> StoreHeader:
@@ -87,6 +104,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     """Prune every video under `source` into the store `out` (re-runs resume, bad videos are recorded).
     `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
     options = with_overrides(options, PruneOptions, overrides)
+    _check_prune_outputs(source, out, pruner, options)
     device = resolve_device(options.device)
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
     loaded.model.to(device)
@@ -105,6 +123,14 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
                        options, device)
 
 
+def _check_prune_outputs(source, out, pruner, options: PruneOptions) -> None:
+    """Before anything loads: no output over an input, no output folder inside the video folder."""
+    check_outputs({"--out": out, "--save-videos": options.save_videos, "--save-heatmaps": options.save_heatmaps},
+                  {"VIDEOS": source if isinstance(source, (str, Path)) else None,
+                   "--pruner": None if isinstance(pruner, LoadedPruner) else pruner},
+                  folders=("--save-videos", "--save-heatmaps"))
+
+
 def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
                   options: PruneOptions | None = None, keep_shards: bool = False, **overrides) -> ExtractResult:
     """`anonfeat prune` under any launcher (anonfeat.distributed.run_store_command): one process as
@@ -113,6 +139,7 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
     from anonfeat import distributed
 
     options = with_overrides(options, PruneOptions, overrides)
+    _check_prune_outputs(source, out, pruner, options)
     loaded: dict[str, LoadedPruner] = {}
 
     def run(items: list, path: Path, opts: PruneOptions) -> ExtractResult:

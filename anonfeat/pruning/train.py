@@ -26,6 +26,7 @@ from anonfeat.device import autocast, resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
 from anonfeat.options import with_overrides
+from anonfeat.paths import check_outputs
 from anonfeat.pruning.backbone import build_pruner
 from anonfeat.pruning.data import (GlobalBatches, LabelledVideos, TrainingClips, collate, labelled_videos,
                                    normalize_clips)
@@ -233,6 +234,7 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
     """`anonfeat train-pruner`: fit on the train split of `labels`, write the pruner to `out`."""
     options = with_overrides(options, PrunerTrainOptions, overrides)
     options.validate()
+    check_outputs({"--out": out}, {"VIDEOS": source, "--labels": labels, "--checkpoint": options.checkpoint})
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes, seed=options.seed,
                             require_attributes=False)
