@@ -336,6 +336,14 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
         if job.transform is not None:
             clip_feats, static_feats = job.transform(clip_feats, static_feats)
         start = video.start
+        stored = np.dtype(options.dtype)
+        if not all(np.isfinite(x.numpy().astype(stored)).all() for x in (clip_feats, static_feats) if x is not None):
+            error = (f"the model produced NaN or Inf features (in {stored}); nothing of this video was written: "
+                     "check the model file, or use --dtype float32 if values overflow float16")
+            writer.fail(key, error, str(start.source))
+            result.failed[key] = error
+            progress.advance(key, failed=True)
+            return
         writer.write(VideoRecord(
             key=key, clip_features=clip_feats.numpy(), clip_ranges=start.clip_ranges,
             static_features=None if static_feats is None else static_feats.numpy(),

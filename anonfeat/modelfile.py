@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -46,11 +47,40 @@ def read_model_file(path: str | Path, metadata_key: str, what: str, command: str
         config = json.loads(meta[metadata_key])
     except ValueError:
         raise AnonfeatError(f"{path}: its {what} metadata is not valid JSON; re-create it with `{command}`") from None
+    if not isinstance(config, dict):
+        raise AnonfeatError(f"{path}: its {what} metadata is a JSON {type(config).__name__}, not an object; "
+                            f"re-create it with `{command}`")
     return state, config
 
 
-def load_checked_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """Load `state` into `model` strictly; wrong shapes, missing or extra tensors are named."""
+def build_checked(factory: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], path: str | Path,
+                  what: str, command: str) -> torch.nn.Module:
+    """The model `factory` builds from a file's metadata, loaded with the file's tensors, or one line saying
+    why not. The metadata is checked against the tensors' shapes on a skeleton on the "meta" device (no
+    memory: metadata claiming dim 200000 costs nothing), and every weight must be finite, before the real
+    model is built. Metadata of the wrong types or nesting is refused, never a traceback."""
+    try:
+        with torch.device("meta"):
+            skeleton = factory()
+    except AnonfeatError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, AssertionError,
+            RuntimeError, OverflowError) as exc:
+        raise AnonfeatError(f"{path}: its {what} metadata does not describe a model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else 'malformed'}); re-create it with "
+                            f"`{command}`") from None
+    check_state_shapes(skeleton, state, path, what)
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise AnonfeatError(f"{path}: {what} weights hold NaN or Inf ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}); re-train it with `{command}`")
+    model = factory()
+    model.load_state_dict(state)
+    return model
+
+
+def check_state_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Refuse `state` unless it holds exactly `model`'s tensors with their shapes; the first few misfits named."""
     expected = model.state_dict()
     wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -58,4 +88,9 @@ def load_checked_state(model: torch.nn.Module, state: dict[str, torch.Tensor], p
         parts = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:4]]
         parts += [f"missing {k}" for k in missing[:4]] + [f"unexpected {k}" for k in unexpected[:4]]
         raise AnonfeatError(f"{path}: {what} tensors do not fit its config: {'; '.join(parts)}")
+
+
+def load_checked_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Load `state` into `model` strictly; wrong shapes, missing or extra tensors are named."""
+    check_state_shapes(model, state, path, what)
     model.load_state_dict(state)

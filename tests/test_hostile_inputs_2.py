@@ -499,3 +499,101 @@ def test_names_with_rich_markup_are_printed_verbatim(tmp_path):
     assert run.returncode == 0 and "[bold]bad[red].mp4" in run.stdout and str(out) in " ".join(run.stdout.split())
     run = forked_cli(["inspect", str(tmp_path / "[missing].h5")], tmp_path)
     assert run.returncode == 2 and "[missing].h5: no such feature store" in one_line(run.stderr)
+
+
+# -- 7. model files are checked before anything is built ------------------------------------------
+def _adapter_file(path: Path, meta: object | None = None, state: dict | None = None, nan: bool = False) -> Path:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from anonfeat.adapter.model import AnonymizingAdapter
+
+    model = AnonymizingAdapter(192, depth=1, num_heads=2)
+    torch.manual_seed(0)
+    for p in model.blocks.parameters():
+        p.data.normal_(0, 0.2)
+    if nan:
+        for p in model.blocks.parameters():
+            p.data.fill_(float("nan"))
+    config = {"format": "anonfeat-adapter/1", **model.architecture(),
+              "encoder": {"name": "videomae-tiny", "checkpoint_sha256": "random-init-seed-0"}}
+    if meta is not None:
+        config = meta(config) if callable(meta) else meta
+    tensors = {k: v.contiguous() for k, v in (state or model.state_dict()).items()}
+    save_file(tensors, str(path), metadata={"anonfeat_adapter": json.dumps(config)})
+    return path
+
+
+@pytest.mark.parametrize("meta, needle", [
+    (lambda c: {**c, "dim": 200000, "num_heads": 3}, "dim 200000 not divisible by num_heads 3"),
+    (lambda c: {**c, "dim": 200000, "num_heads": 8}, "blocks.0.attn.qkv.weight (576, 192) vs (600000, 200000)"),
+    (lambda c: {**c, "depth": "3"}, "depth='3', not a positive integer"),
+    (lambda c: {**c, "encoder": ["videomae-tiny"]}, "lacks encoder"),
+    (lambda c: {k: v for k, v in c.items() if k != "mlp_ratio"}, "mlp_ratio=None"),
+    ([1, 2, 3], "is a JSON list, not an object"),
+    (lambda c: {**c, "dim": {"nested": 1}}, "dim={'nested': 1}"),
+])
+def test_adapter_metadata_is_checked_against_its_tensors_before_building(tmp_path, meta, needle):
+    import tracemalloc
+
+    from anonfeat.adapter.io import load_adapter
+
+    path = _adapter_file(tmp_path / "adapter.safetensors", meta)
+    tracemalloc.start()
+    with pytest.raises(AnonfeatError) as info:
+        load_adapter(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert needle in str(info.value) and "adapter.safetensors" in str(info.value), str(info.value)
+    assert peak < 50 << 20  # nothing of the claimed size was allocated
+
+
+def test_pruner_metadata_claiming_huge_dims_or_wrong_types_is_refused(tmp_path, random_pruner):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from anonfeat.pruning.io import load_pruner
+
+    with safe_open(str(random_pruner), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["anonfeat_pruner"])
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    cases = [({**meta, "pruner": {**meta["pruner"], "encoder": {**meta["pruner"]["encoder"], "embed_dim": 60000}}},
+              "tensors do not fit its config"),
+             ({**meta, "pruner": [1]}, "pruner format"),
+             ({**meta, "pruner": {**meta["pruner"], "encoder": 5}}, "metadata does not describe a model"),
+             ({**meta, "sampling": [4]}, r"sampling=\[4\], not an object")]
+    for i, (bad, needle) in enumerate(cases):
+        path = tmp_path / f"p{i}.safetensors"
+        save_file(state, str(path), metadata={"anonfeat_pruner": json.dumps(bad)})
+        with pytest.raises(AnonfeatError, match=needle):
+            load_pruner(path)
+    nan_state = {k: (v.fill_(float("nan")) if k == "action_head.weight" else v) for k, v in state.items()}
+    save_file(nan_state, str(tmp_path / "nan.safetensors"), metadata={"anonfeat_pruner": json.dumps(meta)})
+    with pytest.raises(AnonfeatError, match=r"weights hold NaN or Inf \(action_head.weight\)"):
+        load_pruner(tmp_path / "nan.safetensors")
+
+
+def test_nan_adapter_is_refused_and_non_finite_features_are_never_written(small_store, tmp_path):
+    from anonfeat.adapter.sanitize import sanitize_store
+    from anonfeat.store import VideoRecord
+
+    nan = _adapter_file(tmp_path / "nan.safetensors", nan=True)
+    run = forked_cli(["sanitize", str(small_store), "--adapter", str(nan), "--out", str(tmp_path / "s.h5")], tmp_path)
+    assert run.returncode == 2 and "weights hold NaN or Inf" in one_line(run.stderr)
+    assert not (tmp_path / "s.h5").exists()
+    # a finite adapter whose outputs overflow float16: refused before the write, nothing of the video written
+    out = copy_store(small_store, tmp_path, "o.h5")
+    with FeatureStore(out, "a") as store:
+        record = store.read_video("a.mp4")
+        record.key = "new.mp4"
+        record.clip_features = np.full_like(record.clip_features, 1e6)
+        store._header = __import__("dataclasses").replace(store.header, dtype="float16")
+        with pytest.raises(AnonfeatError, match="hold NaN or Inf in float16"):
+            store.write_video(record)
+    assert "new.mp4" not in store_keys(out)
+    with pytest.raises(AnonfeatError):
+        sanitize_store(small_store, nan, tmp_path / "s.h5", progress=False)

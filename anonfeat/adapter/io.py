@@ -10,7 +10,7 @@ import torch
 from anonfeat.adapter.model import AnonymizingAdapter
 from anonfeat.encoders.checkpoints import file_sha256
 from anonfeat.errors import AnonfeatError
-from anonfeat.modelfile import load_checked_state, read_model_file, save_model_file
+from anonfeat.modelfile import build_checked, read_model_file, save_model_file
 from anonfeat.store import StoreHeader
 
 METADATA_KEY = "anonfeat_adapter"
@@ -38,6 +38,25 @@ class LoadedAdapter:
             raise AnonfeatError(f"{source}: features are already {header.features}; sanitize raw features only")
 
 
+def _check_config(config: dict, path: Path) -> None:
+    """The adapter metadata's keys and types (the shapes are checked against the tensors next)."""
+    def fail(detail: str) -> None:
+        raise AnonfeatError(f"{path}: its adapter metadata {detail}; re-create it with `anonfeat train-adapter`")
+
+    for key in ("dim", "depth", "num_heads"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(f"has {key}={value!r}, not a positive integer")
+    ratio = config.get("mlp_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1e3:
+        fail(f"has mlp_ratio={ratio!r}, not a positive number")
+    if config["dim"] % config["num_heads"]:
+        fail(f"has dim {config['dim']} not divisible by num_heads {config['num_heads']}")
+    encoder = config.get("encoder")
+    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(k), str) for k in ("name", "checkpoint_sha256")):
+        fail("lacks encoder {name, checkpoint_sha256}")
+
+
 def save_adapter(model: AnonymizingAdapter, path: str | Path, config: dict) -> Path:
     return save_model_file(model.state_dict(), path, METADATA_KEY, {"format": FORMAT, **model.architecture(), **config})
 
@@ -46,6 +65,8 @@ def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     """Read an adapter file; wrong shapes or a foreign file are refused naming the tensors."""
     path = Path(path)
     state, config = read_model_file(path, METADATA_KEY, "adapter", "anonfeat train-adapter")
-    model = AnonymizingAdapter(config["dim"], config["depth"], config["num_heads"], config["mlp_ratio"])
-    load_checked_state(model, state, path, "adapter")
+    _check_config(config, path)
+    model = build_checked(lambda: AnonymizingAdapter(config["dim"], config["depth"], config["num_heads"],
+                                                     config["mlp_ratio"]),
+                          state, path, "adapter", "anonfeat train-adapter")
     return LoadedAdapter(model.to(device).eval(), config, file_sha256(path), path)

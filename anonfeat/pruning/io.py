@@ -10,7 +10,7 @@ import torch
 
 from anonfeat.encoders.checkpoints import file_sha256
 from anonfeat.errors import AnonfeatError
-from anonfeat.modelfile import load_checked_state, read_model_file, save_model_file
+from anonfeat.modelfile import build_checked, read_model_file, save_model_file
 from anonfeat.pruning.model import PrunerConfig, TubeletPruner
 
 METADATA_KEY = "anonfeat_pruner"
@@ -37,10 +37,13 @@ def save_pruner(model: TubeletPruner, path: str | Path, info: dict) -> Path:
 def load_pruner(path: str | Path, device: str | torch.device = "cpu") -> LoadedPruner:
     path = Path(path)
     state, meta = read_model_file(path, METADATA_KEY, "pruner", "anonfeat train-pruner")
-    if meta.get("format") != FORMAT or "pruner" not in meta:
+    if meta.get("format") != FORMAT or not isinstance(meta.get("pruner"), dict):
         raise AnonfeatError(f"{path}: pruner format {meta.get('format')!r} is not {FORMAT}; "
                             "re-train it with this version's `anonfeat train-pruner`")
-    model = TubeletPruner(PrunerConfig.from_dict(meta["pruner"]))
-    load_checked_state(model, state, path, "pruner")
+    model = build_checked(lambda: TubeletPruner(PrunerConfig.from_dict(meta["pruner"])), state, path, "pruner",
+                          "anonfeat train-pruner")
     info = {k: v for k, v in meta.items() if k not in ("format", "pruner")}
+    if not isinstance(info.get("sampling", {}), dict):
+        raise AnonfeatError(f"{path}: its pruner metadata has sampling={info['sampling']!r}, not an object; "
+                            "re-train it with `anonfeat train-pruner`")
     return LoadedPruner(model.to(device).eval(), info, file_sha256(path), path)
