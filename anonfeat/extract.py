@@ -232,6 +232,14 @@ def store_header(cfg: EncoderConfig, checkpoint_sha256: str, sampling: Sampling,
                        dtype=dtype, **fields)
 
 
+def check_clip_len(clip_len: int | None, cfg: EncoderConfig) -> None:
+    """Before any header is written: a video ViT takes clips of exactly its frame count (its tubelets
+    and position table are fixed); other lengths would fail on the first batch."""
+    if clip_len is not None and cfg.family == "videomae" and clip_len != cfg.clip_len:
+        raise AnonfeatError(f"--clip-len {clip_len}: encoder {cfg.name} takes clips of exactly {cfg.clip_len} "
+                            "frames; leave --clip-len out (use --frame-stride to span more time)")
+
+
 def _check_options(options: ExtractOptions) -> None:
     if options.dtype not in ("float16", "float32"):
         raise AnonfeatError(f"--dtype {options.dtype!r}: choose float16 or float32")
@@ -262,6 +270,7 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     else:
         encoder = encoder.to(device).eval()
     cfg = encoder.config
+    check_clip_len(options.clip_len, cfg)
     sampling = sampling_for(options, cfg.clip_len)
     header = store_header(cfg, encoder.checkpoint_sha256, sampling, options.dtype)
     transform = None
@@ -337,7 +346,9 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             clip_feats, static_feats = job.transform(clip_feats, static_feats)
         start = video.start
         stored = np.dtype(options.dtype)
-        if not all(np.isfinite(x.numpy().astype(stored)).all() for x in (clip_feats, static_feats) if x is not None):
+        with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
+            finite = all(np.isfinite(x.numpy().astype(stored)).all() for x in (clip_feats, static_feats) if x is not None)
+        if not finite:
             error = (f"the model produced NaN or Inf features (in {stored}); nothing of this video was written: "
                      "check the model file, or use --dtype float32 if values overflow float16")
             writer.fail(key, error, str(start.source))

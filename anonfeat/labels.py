@@ -66,6 +66,7 @@ PA_HMDB51_ATTRIBUTES: dict[str, tuple[str, frozenset[int]]] = {
     "gender_female": ("gender", frozenset({2})),
     "nudity_level2": ("nudity", frozenset({2})),
 }
+PA_RANGE = "[[start_frame, end_frame, value], ...]"  # every PA-HMDB51 format message shows this shape
 PA_HMDB51_FIELDS = ("face", "gender", "skin_color", "nudity", "relationship")
 
 _TRUE, _FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
@@ -293,18 +294,33 @@ def stratified_split(classes: Sequence[str], test_fraction: float = 0.5, seed: i
 
 # -- CSV ------------------------------------------------------------------------------------
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str], None]:
-    text = path.read_text(encoding="utf-8-sig")
+    """Rows of a UTF-8 CSV. Other encodings are refused, not guessed: a wrongly decoded video name would
+    silently match no video (or the wrong one)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise AnonfeatError(f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} on line {line}); save it as "
+                            f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.csv`") from None
     dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
     reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    if not columns:
-        raise AnonfeatError(f"{path}: empty CSV; the first line must name the columns (video,split,action,...)")
     rows = []
-    for line, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            raise AnonfeatError(f"{path}: line {line} has {len([v for v in raw.values() if v is not None])} "
-                                f"fields, the header {len(columns)}; fix the row")
-        rows.append({c.strip(): v for c, v in raw.items()})
+    try:
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if not columns:
+            raise AnonfeatError(f"{path}: empty CSV; the first line must name the columns (video,split,action,...)")
+        repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
+        if repeated:
+            raise AnonfeatError(f"{path}: column {repeated[0]!r} appears {Counter(columns)[repeated[0]]} times in the "
+                                "header; keep one column of each name")
+        for line, raw in enumerate(reader, start=2):
+            if None in raw or any(v is None for v in raw.values()):
+                raise AnonfeatError(f"{path}: line {line} has {len([v for v in raw.values() if v is not None])} "
+                                    f"fields, the header {len(columns)}; fix the row")
+            rows.append({c.strip(): v for c, v in raw.items()})
+    except csv.Error as exc:  # a field past csv's size limit (128 KiB), a NUL byte, ...
+        raise AnonfeatError(f"{path}: line {reader.line_num + 1} cannot be read as CSV ({exc}); labels hold video "
+                            "paths, classes and 0/1 values: fix that line") from None
     return rows, columns, None
 
 
@@ -318,9 +334,11 @@ def _read_pa_hmdb51(path: Path) -> tuple[list[dict[str, str]], list[str], list[s
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AnonfeatError(f"{file}: not valid JSON ({exc}); restore the PA-HMDB51 file") from None
+            raise AnonfeatError(f"{file}: not valid JSON ({exc}); restore the PA-HMDB51 file, "
+                                f"{{video: {{attribute: {PA_RANGE}, ...}}}}") from None
         if not isinstance(data, dict):
-            raise AnonfeatError(f"{file}: expected {{video: {{attribute: [[start, end, value], ...]}}}}")
+            raise AnonfeatError(f"{file}: expected {{video: {{attribute: {PA_RANGE}, ...}}}}; restore the "
+                                "PA-HMDB51 file")
         for video, entry in sorted(data.items()):
             row = {VIDEO: f"{file.stem}/{video}", "action": file.stem}
             for name, (source_field, codes) in PA_HMDB51_ATTRIBUTES.items():
@@ -333,7 +351,8 @@ def _read_pa_hmdb51(path: Path) -> tuple[list[dict[str, str]], list[str], list[s
 def _pa_codes(file: Path, video: str, entry: object, source_field: str) -> set[int]:
     """Every code that field takes in any frame range of the video (lists mean several people)."""
     if not isinstance(entry, dict):
-        raise AnonfeatError(f"{file}: entry of {video!r} is not an object of attributes")
+        raise AnonfeatError(f"{file}: entry of {video!r} is not an object of attributes "
+                            f"{{attribute: {PA_RANGE}, ...}}; fix or remove it")
     ranges = entry.get(source_field, [])
     codes: set[int] = set()
     try:
@@ -343,7 +362,7 @@ def _pa_codes(file: Path, video: str, entry: object, source_field: str) -> set[i
                 codes.add(int(code))
     except (TypeError, IndexError, ValueError):
         raise AnonfeatError(f"{file}: {video!r} field {source_field!r} is not a list of "
-                            "[start_frame, end_frame, value]; fix or remove it") from None
+                            f"{PA_RANGE}; fix or remove it") from None
     return codes
 
 

@@ -346,7 +346,9 @@ class FeatureStore:
         kill_point("write")
         dtype = np.dtype(self.header.dtype)
         for name, values in (("clip_features", record.clip_features), ("static_features", record.static_features)):
-            if values is not None and not np.isfinite(np.asarray(values).astype(dtype)).all():
+            with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
+                finite = values is None or np.isfinite(np.asarray(values).astype(dtype)).all()
+            if not finite:
                 raise AnonfeatError(f"{self.path}: video {record.key!r}: {name} hold NaN or Inf in {dtype} (the "
                                     "model or adapter produced them, or values beyond the dtype's range); nothing "
                                     "of it was written: check the model file, or use --dtype float32")

@@ -597,3 +597,103 @@ def test_nan_adapter_is_refused_and_non_finite_features_are_never_written(small_
     assert "new.mp4" not in store_keys(out)
     with pytest.raises(AnonfeatError):
         sanitize_store(small_store, nan, tmp_path / "s.h5", progress=False)
+
+
+def test_encoder_producing_nan_fails_that_video_not_the_store(small_videos, tmp_path):
+    import torch
+
+    from anonfeat.encoders import load_encoder
+
+    encoder = load_encoder("videomae-tiny", random_init=True)
+    with torch.no_grad():
+        encoder.blocks[0].mlp.fc1.bias.fill_(float("nan"))
+    result = extract(small_videos, tmp_path / "o.h5", ExtractOptions(**OPTIONS), encoder=encoder)
+    assert result.exit_code == 3 and not result.written and len(result.failed) == 6
+    assert "the model produced NaN or Inf features" in result.failed["a.mp4"]
+    with FeatureStore(tmp_path / "o.h5") as store:
+        assert store.videos() == [] and len(store.failures()) == 6 and store.verify() == []
+
+
+# -- 11. sampling edge cases ----------------------------------------------------------------------
+def test_clip_len_the_encoder_cannot_take_is_refused_before_the_header(small_videos, tmp_path):
+    out = tmp_path / "o.h5"
+    run = forked_cli(["extract", str(small_videos), "--out", str(out), *FLAGS, "--clip-len", "1"], tmp_path)
+    assert run.returncode == 2 and "--clip-len 1: encoder videomae-tiny takes clips of exactly 16" in one_line(run.stderr)
+    assert not out.exists()
+    assert extract(small_videos, out, ExtractOptions(**{**OPTIONS, "clip_len": None})).exit_code == 0  # the fix runs
+
+
+def test_num_clips_is_capped_at_the_distinct_clips(small_videos, tmp_path):
+    from anonfeat.video.sampling import Sampling, clip_frame_indices
+
+    idx = clip_frame_indices(32, Sampling(clip_len=16, frame_stride=1, num_clips=100000))
+    assert idx.shape == (17, 16) and len(np.unique(idx[:, 0])) == 17
+    assert clip_frame_indices(5, Sampling(clip_len=16, num_clips=8)).shape == (1, 16)
+    started = time.monotonic()
+    result = extract(small_videos, tmp_path / "o.h5", ExtractOptions(**{**OPTIONS, "num_clips": 100000}))
+    assert result.exit_code == 0 and result.clips == 6 and time.monotonic() - started < 60
+
+
+def test_negative_timestamps_give_the_shown_frames_without_duplicates(tmp_path):
+    """An mp4 whose first 10 frames have negative timestamps (an edit list's pre-roll): players show
+    frames 10..31; the reader gives exactly those, never copies of the last frame."""
+    from fractions import Fraction
+
+    import av
+
+    from anonfeat.video.reader import FrameReader
+
+    frames = moving_frames(32, 32, 32, seed=3)
+    for i in range(32):
+        frames[i, :4, :4] = i * 7  # each frame's number, readable after decoding
+    path = tmp_path / "neg.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt, stream.options, stream.time_base = "yuv444p", {"qp": "0"}, Fraction(1, 25)
+        for i, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts, picture.time_base = i - 10, Fraction(1, 25)
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert min(p.pts for p in container.demux(video=0) if p.pts is not None) < 0
+    reader = FrameReader(path, 32)
+    decoded, _ = reader.frames(np.arange(reader.info.n_frames))
+    reader.close()
+    assert reader.info.n_frames == 22
+    assert [round(f[1, 1, 0] / 7) for f in decoded] == list(range(10, 32))
+
+
+# -- 12. labels -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("content, needle", [
+    ("video,split,action,face\nvidéo.mp4,train,run,1\nb.mp4,test,walk,0\n".encode("latin-1"),
+     "not UTF-8 (byte 0xe9 on line 2); save it as UTF-8"),
+    (("video,split,action,face\n" + "x" * 140000 + ".mp4,train,run,1\nb.mp4,test,walk,0\n").encode(),
+     "line 2 cannot be read as CSV (field larger than field limit"),
+    (b"video,split,action,face,action\na.mp4,train,run,1,walk\nb.mp4,test,walk,0,run\n",
+     "column 'action' appears 2 times"),
+])
+def test_labels_csv_encoding_size_and_duplicate_columns_are_one_line(tmp_path, content, needle):
+    from anonfeat.labels import load_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_bytes(content)
+    with pytest.raises(AnonfeatError) as info:
+        load_labels(path)
+    assert needle in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("data", ['[1, 2]', '{"v.avi": 3}', '{"v.avi": {"face": 5}}', '{"v.avi": {"face": [[1, 2]]}}',
+                                  '{"v.avi": {"face": "x"}}', '{"v.avi": '])
+def test_every_pa_hmdb51_format_message_shows_the_range_shape(tmp_path, data):
+    from anonfeat.labels import load_labels
+
+    folder = tmp_path / "pa"
+    folder.mkdir()
+    (folder / "run.json").write_text(data)
+    with pytest.raises(AnonfeatError) as info:
+        load_labels(folder)
+    assert "[start_frame, end_frame, value]" in str(info.value) and "run.json" in str(info.value)

@@ -151,21 +151,22 @@ class FrameReader:
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
             raise VideoError(f"cannot decode: {_first_line(exc)}") from None
         _check_size(self.path, height, width)
-        self.info = VideoInfo(n_frames=n_frames, fps=fps, height=height, width=width)
         self._out_h, self._out_w = decode_size(height, width, input_size, resize)
         self._num_threads = num_threads
         self._reader = None  # decord, only when the PyAV path cannot serve this video
         self._sequential: SequentialDecoder | None = None
         try:
             sequential = SequentialDecoder(self.path, self._out_h, self._out_w, num_threads)
-            if len(sequential) == n_frames:
-                self._sequential = sequential
+            if len(sequential) + sequential.discarded == n_frames:  # decord counts the pre-roll too, and
+                self._sequential = sequential  # would fill it with copies of the last frame
+                n_frames = len(sequential)
             else:
                 sequential.close()
         except Exception:  # noqa: BLE001 - decord below decodes what PyAV cannot
             self._sequential = None
         if self._sequential is None:
             self._open_decord()
+        self.info = VideoInfo(n_frames=n_frames, fps=fps, height=height, width=width)
         self._cache: dict[int, np.ndarray] = {}
 
     def _open_decord(self) -> None:
@@ -233,11 +234,15 @@ class SequentialDecoder:
         try:
             stream = self._container.streams.video[0]
             pts = []
+            self.discarded = 0  # packets decoded but never shown (an edit list's pre-roll: negative timestamps)
             for packet in self._container.demux(stream):
                 if packet.pts is None:
                     if packet.size:
                         raise ValueError("a video packet without a timestamp")
                     continue  # the flush packet at the end
+                if packet.is_discard:
+                    self.discarded += 1
+                    continue
                 pts.append((packet.pts, packet.is_keyframe))
             pts.sort(key=lambda item: item[0])
             self._pts = [p for p, _ in pts]

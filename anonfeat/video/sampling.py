@@ -58,13 +58,16 @@ class Sampling:
 def clip_frame_indices(n_frames: int, sampling: Sampling) -> np.ndarray:
     """(n_clips, clip_len) source frame indices; at least one clip per video.
 
-    A video shorter than one clip gives one clip whose missing frames repeat the last frame.
+    A video shorter than one clip gives one clip whose missing frames repeat the last frame. With
+    `num_clips`, a video with fewer distinct clip starts than that gets one clip per start (never
+    the same clip twice: `--num-clips 100000` on a 32-frame video is 32 clips at most, not 100000).
     """
     if n_frames < 1:
         raise ValueError("video has no frames")
     last_start = max(n_frames - sampling.span, 0)
-    if sampling.num_clips is not None:
-        starts = np.round(np.linspace(0, last_start, sampling.num_clips)).astype(np.int64)
+    if sampling.num_clips is not None:  # capped at the distinct clips: a short video never repeats a clip
+        count = min(sampling.num_clips, last_start + 1)
+        starts = np.round(np.linspace(0, last_start, count)).astype(np.int64)
     else:
         starts = np.arange(0, last_start + 1, sampling.effective_clip_stride, dtype=np.int64)
     offsets = np.arange(sampling.clip_len, dtype=np.int64) * sampling.frame_stride
