@@ -183,7 +183,7 @@ def test_resume_skips_done_and_redoes_incomplete(video_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change", [dict(frame_stride=3), dict(static_clips=1), dict(dtype="float16"),
-                                    dict(clip_len=8)])
+                                    dict(resize="full")])
 def test_appending_with_other_settings_is_refused(video_dir, tmp_path, change):
     out = tmp_path / "mix.h5"
     extract([_item(video_dir, "short.mp4")], out, options())

@@ -175,22 +175,32 @@ def test_links_are_refused_by_audit_adapter_data_and_sanitize(small_store, tmp_p
 
 # -- 5. two writers, one store --------------------------------------------------------------------
 def test_second_writer_is_refused_even_without_hdf5_file_locking(small_videos, small_store, tmp_path):
+    """Two processes with HDF5's own locking off: the first holds the store open for writing, the second
+    (`extract` through the CLI) gets one line and exit 2, and the store is unchanged."""
     out = copy_store(small_store, tmp_path)
-    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE", "OMP_NUM_THREADS": "1"}
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from anonfeat.store import FeatureStore\n"
-                               f"s = FeatureStore({str(out)!r}, 'a'); print('open', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env=env)
+    ready_read, ready_write = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # child: hold the store open for writing until killed
+        try:
+            os.environ["HDF5_USE_FILE_LOCKING"] = "FALSE"
+            store = FeatureStore(out, "a")
+            os.write(ready_write, b"1")
+            time.sleep(120)
+            store.close()
+        finally:
+            os._exit(0)
     try:
-        assert holder.stdout.readline().strip() == "open"
+        assert os.read(ready_read, 1) == b"1"
         before = out.read_bytes()
-        run = subprocess.run([sys.executable, "-m", "anonfeat", "extract", str(small_videos), "--out", str(out), *FLAGS],
-                             capture_output=True, text=True, env=env, timeout=120)
+        run = forked_cli(["extract", str(small_videos), "--out", str(out), *FLAGS], tmp_path,
+                         setup=lambda: os.environ.__setitem__("HDF5_USE_FILE_LOCKING", "FALSE"))
         assert run.returncode == 2 and "another process is writing this store" in one_line(run.stderr)
+        assert str(out) + ".lock" in " ".join(run.stderr.split())
         assert out.read_bytes() == before
     finally:
-        holder.kill()
-        holder.wait()
-    with FeatureStore(out, "a"):  # the lock died with its process
+        os.kill(holder, 9)
+        os.waitpid(holder, 0)
+    with FeatureStore(out, "a"):  # the lock died with its process (SIGKILL: no cleanup ran)
         pass
     assert len(store_keys(out)) == 6
 
