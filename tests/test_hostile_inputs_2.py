@@ -540,7 +540,7 @@ def _adapter_file(path: Path, meta: object | None = None, state: dict | None = N
     (lambda c: {**c, "dim": 200000, "num_heads": 3}, "dim 200000 not divisible by num_heads 3"),
     (lambda c: {**c, "dim": 200000, "num_heads": 8}, "blocks.0.attn.qkv.weight (576, 192) vs (600000, 200000)"),
     (lambda c: {**c, "depth": "3"}, "depth='3', not a positive integer"),
-    (lambda c: {**c, "encoder": ["videomae-tiny"]}, "lacks encoder"),
+    (lambda c: {**c, "encoder": ["videomae-tiny"]}, "has encoder=['videomae-tiny'], not {name, checkpoint_sha256}"),
     (lambda c: {k: v for k, v in c.items() if k != "mlp_ratio"}, "mlp_ratio=None"),
     ([1, 2, 3], "is a JSON list, not an object"),
     (lambda c: {**c, "dim": {"nested": 1}}, "dim={'nested': 1}"),

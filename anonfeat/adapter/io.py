@@ -26,9 +26,9 @@ class LoadedAdapter:
 
     def check_store(self, header: StoreHeader, source: str | Path) -> None:
         """Refuse features from another encoder, checkpoint or dim than the adapter was trained on."""
-        enc = self.config["encoder"]
+        enc = self.config.get("encoder", {})
         theirs = {"encoder": header.encoder, "checkpoint_sha256": header.checkpoint_sha256, "dim": header.dim}
-        ours = {"encoder": enc["name"], "checkpoint_sha256": enc["checkpoint_sha256"], "dim": self.config["dim"]}
+        ours = {"encoder": enc.get("name"), "checkpoint_sha256": enc.get("checkpoint_sha256"), "dim": self.config["dim"]}
         wrong = [k for k in ours if ours[k] != theirs[k]]
         if wrong:
             detail = ", ".join(f"{k} {theirs[k]} (adapter: {ours[k]})" for k in wrong)
@@ -52,9 +52,9 @@ def _check_config(config: dict, path: Path) -> None:
         fail(f"has mlp_ratio={ratio!r}, not a positive number")
     if config["dim"] % config["num_heads"]:
         fail(f"has dim {config['dim']} not divisible by num_heads {config['num_heads']}")
-    encoder = config.get("encoder")
-    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(k), str) for k in ("name", "checkpoint_sha256")):
-        fail("lacks encoder {name, checkpoint_sha256}")
+    encoder = config.get("encoder", {})
+    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(k, ""), str) for k in ("name", "checkpoint_sha256")):
+        fail(f"has encoder={encoder!r}, not {{name, checkpoint_sha256}}")
 
 
 def save_adapter(model: AnonymizingAdapter, path: str | Path, config: dict) -> Path:
