@@ -347,7 +347,8 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
         start = video.start
         stored = np.dtype(options.dtype)
         with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
-            finite = all(np.isfinite(x.numpy().astype(stored)).all() for x in (clip_feats, static_feats) if x is not None)
+            finite = all(np.isfinite(x.numpy().astype(stored)).all()
+                         for x in (clip_feats, static_feats) if x is not None)
         if not finite:
             error = (f"the model produced NaN or Inf features (in {stored}); nothing of this video was written: "
                      "check the model file, or use --dtype float32 if values overflow float16")

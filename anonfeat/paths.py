@@ -82,7 +82,8 @@ def check_distinct_targets(items: Iterable, target: Callable[[str], Path], flag:
         except OSError:
             continue
         if (stat.st_dev, stat.st_ino) in sources:
-            raise AnonfeatError(f"{path}: {flag} would write over the input video {sources[(stat.st_dev, stat.st_ino)]}; "
+            source = sources[(stat.st_dev, stat.st_ino)]
+            raise AnonfeatError(f"{path}: {flag} would write over the input video {source}; "
                                 f"choose a {flag} folder outside the input")
 
 

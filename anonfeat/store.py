@@ -299,7 +299,8 @@ class FeatureStore:
         """A features dataset, checked from its shape and storage before any value is read: a crafted file
         (a lazily allocated huge dataset, strings, 1-D) is refused in one line instead of allocated."""
         data = group.get(name)
-        problem = _shape_problem(name, data, self.header) if isinstance(data, h5py.Dataset) else f"{name} is not a dataset"
+        problem = (_shape_problem(name, data, self.header) if isinstance(data, h5py.Dataset)
+                   else f"{name} is not a dataset")
         if problem:
             raise AnonfeatError(f"{self.path}: video {key!r}: {problem}; the store is damaged or was not written by "
                                 "anonfeat: check it with `anonfeat inspect --verify` and re-extract that video")
@@ -427,7 +428,8 @@ class FeatureStore:
                 if ancestor is None:
                     break
                 if not isinstance(ancestor, h5py.Group) or _is_record(ancestor):
-                    raise AnonfeatError(f"{self.path}: video key {key!r} lies inside /{root}/{'/'.join(parts[:depth])}, "
+                    inside = "/".join(parts[:depth])
+                    raise AnonfeatError(f"{self.path}: video key {key!r} lies inside /{root}/{inside}, "
                                         "another video's record; rename one of them or use another --out")
             own = self._file.get(_h5_path(root, key))
             if own is not None and (not isinstance(own, h5py.Group) or _holds_records(own)):
@@ -586,15 +588,15 @@ _ROWS_PER_READ = 4096
 
 def _shape_problem(name: str, data: h5py.Dataset, header: StoreHeader) -> str | None:
     """What makes a features dataset unreadable as (n, dim) floats, judged without reading its values:
-    its rank, width or type, or a contiguous layout claiming more bytes than the file stores for it
+    its rank, width or type, or an uncompressed layout claiming more bytes than the file stores for it
     (HDF5 returns fill values for unwritten space: a tiny crafted file can claim gigabytes)."""
     if data.ndim != 2 or data.shape[1] != header.dim:
         return f"{name} has shape {data.shape}, expected (n, {header.dim}) (root dim)"
     if data.dtype.kind != "f":
         return f"{name} is {data.dtype}, not floating point"
-    if data.compression is None and data.chunks is None and data.id.get_storage_size() < data.size * data.dtype.itemsize:
-        return (f"{name} claims {data.size * data.dtype.itemsize:,} bytes but the file stores "
-                f"{data.id.get_storage_size():,} for it")
+    stored = data.id.get_storage_size()  # unallocated space (contiguous or chunks never written) counts 0
+    if data.compression is None and data.scaleoffset is None and stored < data.size * data.dtype.itemsize:
+        return f"{name} claims {data.size * data.dtype.itemsize:,} bytes but the file stores {stored:,} for it"
     return None
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -212,6 +210,9 @@ def _craft(store: Path, tmp_path: Path, kind: str) -> Path:
         if kind == "huge_lazy":
             del f["videos/a.mp4/clip_features"]
             f["videos/a.mp4"].create_dataset("clip_features", shape=(10**8, 192), dtype="float32")
+        elif kind == "huge_lazy_chunked":
+            del f["videos/a.mp4/clip_features"]
+            f["videos/a.mp4"].create_dataset("clip_features", shape=(10**8, 192), dtype="float32", chunks=(1024, 192))
         elif kind == "sampling_list":
             f.attrs["sampling"] = "[1, 2]"
         elif kind == "encoder_config_int":
@@ -233,6 +234,7 @@ def _craft(store: Path, tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind, needle", [
     ("huge_lazy", "claims 76,800,000,000 bytes"),
+    ("huge_lazy_chunked", "claims 76,800,000,000 bytes but the file stores 0"),
     ("sampling_list", "'sampling'"),
     ("encoder_config_int", "'encoder_config'"),
     ("videos_dataset", "/videos is not a group"),
@@ -255,7 +257,7 @@ def test_crafted_stores_give_one_line_everywhere(small_store, tmp_path, kind, ne
             one_line(run.stderr)
         lines.append(" ".join(text.split()))
     assert any(needle in line for line in lines), lines
-    if kind.startswith("features") or kind == "huge_lazy":
+    if kind.startswith(("features", "huge")):
         with FeatureStore(out) as store, pytest.raises(AnonfeatError, match="inspect --verify"):
             store.clip_features("a.mp4")
 
@@ -589,7 +591,6 @@ def test_pruner_metadata_claiming_huge_dims_or_wrong_types_is_refused(tmp_path, 
 
 def test_nan_adapter_is_refused_and_non_finite_features_are_never_written(small_store, tmp_path):
     from anonfeat.adapter.sanitize import sanitize_store
-    from anonfeat.store import VideoRecord
 
     nan = _adapter_file(tmp_path / "nan.safetensors", nan=True)
     run = forked_cli(["sanitize", str(small_store), "--adapter", str(nan), "--out", str(tmp_path / "s.h5")], tmp_path)

@@ -28,7 +28,8 @@ class LoadedAdapter:
         """Refuse features from another encoder, checkpoint or dim than the adapter was trained on."""
         enc = self.config.get("encoder", {})
         theirs = {"encoder": header.encoder, "checkpoint_sha256": header.checkpoint_sha256, "dim": header.dim}
-        ours = {"encoder": enc.get("name"), "checkpoint_sha256": enc.get("checkpoint_sha256"), "dim": self.config["dim"]}
+        ours = {"encoder": enc.get("name"), "checkpoint_sha256": enc.get("checkpoint_sha256"),
+                "dim": self.config["dim"]}
         wrong = [k for k in ours if ours[k] != theirs[k]]
         if wrong:
             detail = ", ".join(f"{k} {theirs[k]} (adapter: {ours[k]})" for k in wrong)
@@ -53,7 +54,8 @@ def _check_config(config: dict, path: Path) -> None:
     if config["dim"] % config["num_heads"]:
         fail(f"has dim {config['dim']} not divisible by num_heads {config['num_heads']}")
     encoder = config.get("encoder", {})
-    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(k, ""), str) for k in ("name", "checkpoint_sha256")):
+    identity = ("name", "checkpoint_sha256")
+    if not isinstance(encoder, dict) or not all(isinstance(encoder.get(k, ""), str) for k in identity):
         fail(f"has encoder={encoder!r}, not {{name, checkpoint_sha256}}")
 
 

@@ -32,7 +32,8 @@ def check_report_paths(json_path: str | Path | None, plot_path: str | Path | Non
         formats = plot_formats()
         suffix = Path(plot_path).suffix.lower().lstrip(".")
         if suffix not in formats:
-            raise AnonfeatError(f"{plot_path}: --plot cannot write {('.' + suffix) if suffix else 'a file without suffix'}; "
+            kind = f".{suffix}" if suffix else "a file without suffix"
+            raise AnonfeatError(f"{plot_path}: --plot cannot write {kind}; "
                                 f"use one of {', '.join('.' + f for f in sorted(formats))} (e.g. audit.png)")
         check_writable_file(plot_path, "--plot")
     if json_path is not None:

@@ -58,7 +58,8 @@ def main() -> None:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         text = str(exc).strip()
         reason = exc.strerror or (text.splitlines()[0] if text else type(exc).__name__)
-        err_console.print(f"[bold red]error:[/] {escape(where + str(reason))}; free space or fix the permissions and re-run "
+        err_console.print(f"[bold red]error:[/] {escape(where + str(reason))}; free space or fix the permissions "
+                          "and re-run "
                           "(completed videos are kept)", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:

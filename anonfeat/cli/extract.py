@@ -19,7 +19,8 @@ def finish_store_command(result) -> None:
 
     if not distributed.shutdown():
         raise typer.Exit(0)
-    console.print(f"[bold]{escape(str(result.store))}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
+    console.print(f"[bold]{escape(str(result.store))}[/]: {len(result.written)} written, "
+                  f"{len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
     for key, error in sorted(result.failed.items()):
         console.print(f"  [red]failed[/] {escape(key)}: {escape(error)}", highlight=False)
