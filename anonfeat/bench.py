@@ -455,7 +455,7 @@ class _TreePoller:
     libraries start with fork/vfork + exec at import time (`ldconfig -p` from ctypes, `uname -p`
     from `platform`) are not: before their exec they share (vfork) or copy-on-write (fork) the
     root's memory, and /proc then shows the root's own VmHWM under their pid; counting them
-    added the main process a second time (the 448 MB "second child" of README run D). A sample is
+    added the main process a second time (the 448 MB "second child" of an earlier bench run). A sample is
     kept only while the pid runs the same executable as when it was first seen, the pid must be
     seen in two polls to count, and a sample whose VmHWM equals the root's (same memory) is dropped.
     """

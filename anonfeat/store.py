@@ -1,6 +1,6 @@
 """The HDF5 feature store: one file per run, one group per video.
 
-Layout (readable with plain h5py, see README "HDF5 layout"):
+Layout (readable with plain h5py, see docs/store-format.md):
 
     /                     attrs: format_version, anonfeat_version, encoder, encoder_config (JSON),
                                  checkpoint_sha256, sampling (JSON), features ("raw"|"sanitized"|"pruned"),
@@ -18,7 +18,7 @@ Write protocol, per video (`write_video`): check the disk and file-size limit le
 OSError before anything is written); delete a group left by an interrupted run and flush (its space
 is then never reused while the file on disk still points to it); write the datasets and attributes;
 set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
-ones. What this survives is tested with SIGKILL at each step (README "Guarantees").
+ones. What this survives is tested with SIGKILL at each step (docs/guarantees.md).
 """
 
 from __future__ import annotations

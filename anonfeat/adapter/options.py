@@ -12,7 +12,7 @@ ATTRIBUTE_LOSSES = ("decorrelate", "grl")
 
 @dataclass
 class AdapterTrainOptions:
-    """Flags of `anonfeat train-adapter`; defaults are the ones the README's demo table measures."""
+    """Flags of `anonfeat train-adapter`; defaults and their meaning: docs/cli.md#train-adapter."""
 
     tasks: tuple[str, ...] = ("action",)
     attributes: list[str] | None = None

@@ -1,6 +1,6 @@
 """Training the Anonymizing Adapter Module on features cached in a store.
 
-Loss (DESIGN.md section 1, extended where the probe showed the paper's form falls short):
+Loss (docs/method.md; AAM, arXiv 2511.08666, extended where the probe showed the paper's form falls short):
     L = w_lc * MSE(f_A(h), h) + w_t * sum_task CE(head_task(f_A(h)), y) - w_b * privacy
     privacy = NT-Xent(f_A(s1), f_A(s2))                  static clips of one video (paper)
             + NT-Xent(f_A(c_a), f_A(c_b))                two motion clips of one video (clip pairs)

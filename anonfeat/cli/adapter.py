@@ -44,7 +44,7 @@ def train_adapter_command(
     """Train an Anonymizing Adapter on a store's train split (no video is decoded).
 
     Under torchrun: DistributedDataParallel, --batch-size is the global batch split over the ranks;
-    rank 0 writes the adapter (README "Running on many GPUs and nodes")."""
+    rank 0 writes the adapter (docs/distributed.md)."""
     from anonfeat import distributed
     from anonfeat.adapter.train import train_adapter
 

@@ -51,7 +51,7 @@ def extract_command(
     """Extract clip features (and static clips) of every video into STORE; re-runs resume.
 
     Under torchrun (WORLD_SIZE > 1) each rank extracts its share into STORE.shards/ and rank 0
-    merges them into STORE (README "Running on many GPUs and nodes")."""
+    merges them into STORE (docs/distributed.md)."""
     from anonfeat import distributed
     from anonfeat.extract import ExtractOptions
 

@@ -1,5 +1,5 @@
 """Where a pruner's backbone comes from: a registered video encoder or checkpoint (weights copied),
-or a timm image ViT inflated over time (DESIGN.md section 2)."""
+or a timm image ViT inflated over time (docs/method.md#tubelet-pruner)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The tubelet pruner: a video ViT with an action CLS and a privacy CLS token that prunes
-tubelets inside chosen blocks (DESIGN.md section 2), built from the encoders' own layers."""
+tubelets inside chosen blocks (docs/method.md; arXiv 2603.26336), built from the encoders' own layers."""
 
 from __future__ import annotations
 

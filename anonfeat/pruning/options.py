@@ -9,7 +9,7 @@ from anonfeat.errors import AnonfeatError
 
 @dataclass
 class PrunerTrainOptions:
-    """Flags of `anonfeat train-pruner`; defaults are the ones the README's demo table measures."""
+    """Flags of `anonfeat train-pruner`; defaults and their meaning: docs/cli.md#train-pruner."""
 
     encoder: str | None = None
     checkpoint: str | None = None

@@ -1,4 +1,4 @@
-"""Training a tubelet pruner on decoded clips (DESIGN.md section 2).
+"""Training a tubelet pruner on decoded clips (docs/method.md#losses-and-training).
 
 Loss: cross-entropy of the action head on the action CLS, and a privacy loss on the privacy CLS:
 BCE on attribute labels, or (without attributes) NT-Xent between two static clips of each video.
