@@ -18,11 +18,11 @@ from typing import Iterable
 import torch
 
 from anonfeat.device import resolve_device
+from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for,
                               store_header, write_store)
 from anonfeat.options import with_overrides
-from anonfeat.encoders.config import EncoderConfig
 from anonfeat.pruning.backbone import load_source_encoder
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
