@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from anonfeat.audit import AuditOptions, audit_stores, plot, render_table, report_json, write_json
+from anonfeat.audit import AuditOptions, audit_figure, audit_stores, plot, render_table, report_json, write_json
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
@@ -123,7 +123,8 @@ def test_json_keys_and_rates(report, tmp_path):
             assert set(attack) == attack_keys
             assert set(attack["per_attribute"]) == set(ATTRIBUTES)
             for values in attack["per_attribute"].values():
-                assert set(values) == {"ap", "f1"} and 0 <= values["ap"] <= 1 and 0 <= values["f1"] <= 1
+                assert set(values) == {"ap", "f1", "chance_ap"} and 0 <= values["ap"] <= 1 and 0 <= values["f1"] <= 1
+                assert 0 < values["chance_ap"] < 1
             assert 0 <= attack["cmap"] <= 1 and 0 <= attack["f1"] <= 1
         assert set(entry["utility"]) == {"action"}
         assert set(entry["utility"]["action"]) == {"top1", "top1_std"}
@@ -140,6 +141,31 @@ def test_table_and_plot(report, tmp_path):
     assert "(baseline)" in text and "raw.h5" in text and "anon.h5" in text
     png = plot(report, tmp_path / "audit.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_audit_plot_marks_each_attributes_chance_level(report, data):
+    """The per-attribute bars carry one dashed mark per (store, attribute) at the attribute's positive
+    rate among the test videos (the AP of a constant score)."""
+    import matplotlib.pyplot as plt
+
+    positive_rate = data["attributes"][::2].mean(axis=0)  # test = even rows, as every store matches all videos
+    for result in report.stores:
+        for j, name in enumerate(ATTRIBUTES):
+            assert result.headline.per_attribute[name]["chance_ap"] == pytest.approx(positive_rate[j])
+    fig = audit_figure(report)
+    try:
+        bars = fig.axes[1]
+        marks = [c for c in bars.collections if c.get_gid() == "chance"]
+        assert len(marks) == 1 and marks[0].get_label() == "chance (positive rate)"
+        segments = marks[0].get_segments()
+        assert len(segments) == len(report.stores) * len(ATTRIBUTES)
+        heights = sorted(round(float(seg[0][1]), 9) for seg in segments)
+        expected = sorted(round(float(v), 9) for v in np.tile(positive_rate, len(report.stores)))
+        assert heights == expected and all(seg[0][1] == seg[1][1] for seg in segments)  # flat marks
+        bar_centres = sorted(round(p.get_x() + p.get_width() / 2, 9) for p in bars.patches)
+        assert sorted(round(float(seg[:, 0].mean()), 9) for seg in segments) == bar_centres  # one over each bar
+    finally:
+        plt.close(fig)
 
 
 def test_shuffled_labels_give_chance(data, tmp_path):
@@ -223,7 +249,7 @@ def test_single_class_attribute_is_reported_and_left_out(data, tmp_path):
     labels.write_text("\n".join([text[0] + ",constant", *(f"{line},{v[0]}" for line, v in zip(text[1:], always))]))
     report = audit_stores([data["raw"]], labels, seeds=1, epochs=5, device="cpu")
     clip = report.stores[0].clip
-    assert clip.excluded == ["constant"] and clip.per_attribute["constant"] == {"ap": None, "f1": None}
+    assert clip.excluded == ["constant"] and clip.per_attribute["constant"] == {"ap": None, "f1": None, "chance_ap": None}
     assert any("constant" in note for note in report.warnings)
     assert clip.chance_cmap == pytest.approx(data["attributes"][::2].mean())  # the mean leaves it out
 

@@ -90,8 +90,8 @@ def ws(video_dir, tmp_path_factory) -> Workspace:
     sanitized = root / "sanitized.h5"
     sanitize_store(raw, adapter, sanitized, progress=False)
     torch.manual_seed(0)
-    model, _ = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
-    pruner = save_pruner(model, root / "pruner.safetensors", {"sampling": {"frame_stride": 2}})
+    model, backbone = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
+    pruner = save_pruner(model, root / "pruner.safetensors", {"backbone": backbone, "sampling": {"frame_stride": 2}})
     pruned = root / "pruned.h5"
     assert prune(videos, pruned, pruner, PruneOptions(**PRUNE_OPTIONS)).exit_code == 3
     return Workspace(videos, raw, adapter, sanitized, pruner, pruned)

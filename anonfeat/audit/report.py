@@ -122,7 +122,22 @@ def bias_lines(report: AuditReport) -> list[str]:
 
 # -- plot -----------------------------------------------------------------------------------------
 def plot(report: AuditReport, path: str | Path) -> Path:
-    """PNG: privacy (headline cMAP, lower is better) against utility (top-1), and per-attribute AP bars."""
+    """PNG: privacy (headline cMAP, lower is better) against utility (top-1), and per-attribute AP bars
+    (see `audit_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = audit_figure(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def audit_figure(report: AuditReport):
+    """The audit plot as a matplotlib Figure: left, headline cMAP against top-1 per store with the chance
+    cMAP as a dashed line; right, each attribute's AP per store with its chance level (the attribute's
+    positive rate among the test videos, the AP of a constant score) as a dashed mark over each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,12 +164,22 @@ def plot(report: AuditReport, path: str | Path) -> Path:
     names = report.attributes
     width = 0.8 / max(len(report.stores), 1)
     positions = np.arange(len(names))
+    chance_y, chance_x = [], []
     for i, result in enumerate(report.stores):
         values = [result.headline.per_attribute[n]["ap"] for n in names]
         heights = [np.nan if v is None else v for v in values]
         ax_bars.bar(positions + i * width, heights, width,
                     color="black" if result.is_baseline else f"C{i}",
                     label=Path(result.path).stem + (" (baseline)" if result.is_baseline else ""))
+        for j, name in enumerate(names):
+            chance = result.headline.per_attribute[name].get("chance_ap")
+            if chance is not None:
+                chance_y.append(chance)
+                chance_x.append(positions[j] + i * width)
+    if chance_y:
+        x = np.asarray(chance_x)
+        ax_bars.hlines(chance_y, x - width / 2, x + width / 2, colors="red", linestyles="--", linewidth=1.5,
+                       label="chance (positive rate)", gid="chance")
     ax_bars.set_xticks(positions + width * (len(report.stores) - 1) / 2)
     ax_bars.set_xticklabels(names, rotation=30, ha="right")
     ax_bars.set_ylim(0, 1)
@@ -162,8 +187,4 @@ def plot(report: AuditReport, path: str | Path) -> Path:
     ax_bars.set_title("per-attribute leakage")
     ax_bars.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

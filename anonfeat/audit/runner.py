@@ -249,7 +249,10 @@ def _summarize_attack(runs: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray, 
     y_test = y[runs[0][0]]
     mask = metrics.evaluable(y_test)
     mean_ap, mean_f1 = np.mean(aps, axis=0), np.mean(f1_attr, axis=0)
-    per_attribute = {name: {"ap": _num(mean_ap[j]), "f1": _num(mean_f1[j])} for j, name in enumerate(names)}
+    positive_rate = y_test.mean(axis=0) if len(y_test) else np.full(len(names), np.nan)
+    per_attribute = {name: {"ap": _num(mean_ap[j]), "f1": _num(mean_f1[j]),
+                            "chance_ap": _num(positive_rate[j]) if mask[j] else None}  # AP of a constant score
+                     for j, name in enumerate(names)}
     return AttackResult(
         cmap=float(np.mean(cmaps)), cmap_std=float(np.std(cmaps)),
         f1=float(np.mean(f1s)), f1_std=float(np.std(f1s)),

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anonfeat.encoders.config import TIMM_PREFIX, EncoderConfig
+from anonfeat.encoders.config import REGISTRY, TIMM_PREFIX, EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.pruning.model import PrunerConfig, TubeletPruner
 
@@ -92,5 +92,51 @@ def build_pruner(encoder: str | None, checkpoint: str | Path | None, random_init
         if missing:
             raise AnonfeatError(f"{loaded.config.name}: cannot inflate ({', '.join(missing[:4])} have no place)")
         pruner.load_state_dict(state, strict=False)
-    source = {"encoder": loaded.config.name, "checkpoint_sha256": loaded.checkpoint_sha256}
-    return pruner, source
+    return pruner, backbone_source(encoder, checkpoint, random_init, loaded)
+
+
+def backbone_source(name: str | None, checkpoint: str | Path | None, random_init: bool, loaded: nn.Module) -> dict:
+    """What the pruner file records about its frozen source encoder, enough for `prune` to rebuild it:
+    the name as given (None: inferred from the checkpoint), the resolved config name, the checkpoint
+    path and the sha256 of its weights (random weights: the seed they were drawn from)."""
+    from anonfeat.encoders import RANDOM_INIT_SEED
+
+    return {"encoder": loaded.config.name, "name": name,
+            "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+            "checkpoint_sha256": loaded.checkpoint_sha256, "random_init": bool(random_init and checkpoint is None),
+            "random_init_seed": RANDOM_INIT_SEED if random_init and checkpoint is None else None}
+
+
+def load_source_encoder(backbone: dict, pruner_file: str | Path, checkpoint: str | Path | None = None,
+                        device: str | torch.device = "cpu") -> nn.Module:
+    """The frozen encoder a pruner was built from, as recorded in its file (`backbone_source`).
+
+    `checkpoint` overrides where the weights are found; either way their sha256 must be the recorded
+    one. Random-init sources are rebuilt from their seed. Pruner files written before the source was
+    recorded in full (name and sha256 only) still resolve random and bundled weights."""
+    from anonfeat.encoders import BUNDLED_WEIGHTS, RANDOM_INIT_SHA, load_encoder
+
+    pruner_file = Path(pruner_file).name
+    expected = str(backbone.get("checkpoint_sha256", ""))
+    resolved = str(backbone.get("encoder", ""))
+    registered = resolved in REGISTRY or resolved.startswith(TIMM_PREFIX)
+    name = backbone["name"] if "name" in backbone else (resolved if registered else None)
+    random_init = bool(backbone.get("random_init", expected == RANDOM_INIT_SHA))
+    if checkpoint is None and not random_init:
+        recorded = backbone.get("checkpoint")
+        bundled = name in BUNDLED_WEIGHTS and BUNDLED_WEIGHTS[name].is_file()
+        if recorded and Path(recorded).exists():
+            checkpoint = recorded
+        elif not (bundled and recorded is None):
+            where = recorded or "a checkpoint the file does not name"
+            raise AnonfeatError(f"{pruner_file}: its source encoder {resolved} was loaded from {where} "
+                                f"(sha256 {expected}), which is not found; pass --checkpoint PATH to those weights")
+    if checkpoint is not None:
+        encoder = load_encoder(name, checkpoint, False, device)
+    else:
+        encoder = load_encoder(name, None, random_init, device)
+    if encoder.checkpoint_sha256 != expected:
+        given = checkpoint if checkpoint is not None else "the random-init weights"
+        raise AnonfeatError(f"{given}: weights have sha256 {encoder.checkpoint_sha256}, but pruner {pruner_file} "
+                            f"was built from sha256 {expected}; pass --checkpoint with the weights it was trained from")
+    return encoder
