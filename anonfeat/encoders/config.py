@@ -36,7 +36,7 @@ class EncoderConfig:
     init_values: float = 0.0  # layer scale (gamma_1/gamma_2); 0 means none
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    timm_model: str | None = None  # for family == "timm"
+    timm_model: str | None = None  # the timm model name (family "timm")
     interpolation: str = "bilinear"
     crop_pct: float = 1.0  # the short side is resized to floor(img_size / crop_pct), then centre-cropped
     crop_mode: str = "center"  # "center": keep the aspect ratio; "squash": resize both sides
