@@ -181,18 +181,11 @@ def bench_long_video(root: Path, seconds: float, width: int, height: int, fps: f
 
 # -- FLOPs ----------------------------------------------------------------------------------------
 def encoder_flops_per_clip(cfg) -> float:
-    """Forward FLOPs (2 x multiply-adds) of one clip through a VideoMAE-style ViT.
+    """Forward FLOPs (2 x multiply-adds) of one clip, as the encoder's family counts them (NaN where
+    it has no formula); see EncoderFamily.flops_per_clip."""
+    from anonfeat.encoders.families import family_of
 
-    Counted: tubelet embedding, per block qkv + attention scores + attention x values + projection
-    + the two MLP layers. Not counted (< 1%): norms, softmax, GELU, biases, pooling.
-    """
-    if cfg.family != "videomae":
-        return float("nan")
-    n, d, hidden = cfg.num_tokens, cfg.embed_dim, cfg.mlp_hidden
-    t, p, _ = cfg.tubelet
-    embed = 2 * n * d * 3 * t * p * p
-    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-    return float(embed + cfg.depth * per_block)
+    return family_of(cfg).flops_per_clip(cfg)
 
 
 def bf16_peak_tflops(device: torch.device) -> float | None:
@@ -231,6 +224,7 @@ def _median(values: list[float]) -> float:
 # -- the phases -----------------------------------------------------------------------------------
 def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, device: torch.device) -> tuple[int, float]:
     """(clips, seconds) through the extract loader and `to_clips`, without the encoder."""
+    from anonfeat.encoders import frame_resize
     from anonfeat.extract import clip_loader
     from anonfeat.video.stream import ClipChunk, to_clips
 
@@ -240,7 +234,8 @@ def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, d
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     clips = 0
     started = time.perf_counter()
-    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device):
+    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device,
+                               frame_resize(cfg, sampling.resize)):
         if isinstance(message, ClipChunk):
             frames = message.frames.to(device, non_blocking=True)
             index = message.index.to(device, non_blocking=True)

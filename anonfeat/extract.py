@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anonfeat.device import CompiledForward, autocast, resolve_device, use_compile
+from anonfeat.encoders import frame_resize
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.heap import HeapTrimmer
@@ -30,6 +31,7 @@ from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 from anonfeat.video.discover import VideoItem, find_videos
 from anonfeat.video.reader import _first_line
+from anonfeat.video.resize import PilResize
 from anonfeat.video.sampling import Sampling
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
 
@@ -298,10 +300,11 @@ def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, heade
 
 
 def clip_loader(videos: list[VideoItem], sampling: Sampling, input_size: int, batch_size: int, workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, frame_resize: PilResize | None = None) -> DataLoader:
     """The decoding side of a run: messages (VideoStart, ClipChunk, VideoFailed) from `workers`
-    DataLoader processes (0: the calling process), chunks of `batch_size` clips."""
-    stream = VideoClipStream(videos, sampling, input_size, chunk_clips=batch_size)
+    DataLoader processes (0: the calling process), chunks of `batch_size` clips; `frame_resize`
+    as the encoder's family says (anonfeat.encoders.frame_resize)."""
+    stream = VideoClipStream(videos, sampling, input_size, chunk_clips=batch_size, frame_resize=frame_resize)
     workers = min(workers, len(videos))
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                       prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -315,7 +318,8 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
     mean = torch.tensor(cfg.mean, device=device)
     std = torch.tensor(cfg.std, device=device)
     compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    loader = clip_loader(videos, sampling, cfg.img_size, options.batch_size, options.workers, device)
+    loader = clip_loader(videos, sampling, cfg.img_size, options.batch_size, options.workers, device,
+                         frame_resize(cfg, sampling.resize))
     open_videos: dict[str, _VideoFeatures] = {}
     batcher = _ClipBatcher(options.batch_size)
 

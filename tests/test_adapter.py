@@ -183,10 +183,11 @@ def test_sanitize_refuses_the_raw_path_and_foreign_stores(bench, tmp_path):
     with pytest.raises(AnonfeatError, match="raw store itself"):
         sanitize_store(raw, adapter, raw, progress=False)
     other = tmp_path / "other.h5"  # features of another encoder (different weights)
-    from anonfeat.encoders import build_encoder, get_config
+    from anonfeat.encoders import CheckpointIdentity, get_config
+    from anonfeat.encoders.families import family_of
 
-    enc = build_encoder(get_config("videomae-tiny"), seed=1)
-    enc.checkpoint_sha256 = "another-checkpoint"
+    cfg = get_config("videomae-tiny")
+    enc = family_of(cfg).build(cfg, seed=1, checkpoint=CheckpointIdentity("another-checkpoint", "test"))
     extract(root / "bench" / "videos", other, opts, encoder=enc)
     with pytest.raises(AnonfeatError, match="do not fit adapter"):
         sanitize_store(other, adapter, tmp_path / "x.h5", progress=False)

@@ -10,7 +10,9 @@ import typer
 Encoder = typer.Option(None, "--encoder", "-e", help="Registry name (see `anonfeat encoders`) or "
                        "timm:<model>; inferred from --checkpoint when omitted.")
 Checkpoint = typer.Option(None, "--checkpoint", "-c", help="Official VideoMAE .pth, Hugging Face "
-                          "directory/.safetensors, or a plain state dict.", exists=False)
+                          "directory/.safetensors, mmaction2 .pth, a plain state dict, or a Hugging Face id "
+                          "org/name[@revision] (cache first; HF_HOME, HF_HUB_OFFLINE apply). With timm:<model>: "
+                          "a weights file, or `pretrained` for timm's own weights.", exists=False)
 RandomInit = typer.Option(False, "--random-init", help="Use seeded random weights (tests and demos only).")
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda:N.")
 BatchSize = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per forward pass.")

@@ -26,6 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from anonfeat.errors import VideoError
+from anonfeat.video.resize import PilResize
 
 # Frames above this many pixels are refused before any frame is decoded (one decoded 8192x8192
 # frame is 200 MB; a hostile header can claim far more). ANONFEAT_MAX_PIXELS overrides it.
@@ -91,7 +92,10 @@ def decode_size(height: int, width: int, input_size: int, resize: str) -> tuple[
 class FrameReader:
     """Random access to a video's frames (PyAV, decord as fallback), with a cache of the last chunk's frames."""
 
-    def __init__(self, path: str | Path, input_size: int, resize: str = "short", num_threads: int = 0):
+    def __init__(self, path: str | Path, input_size: int, resize: str = "short", num_threads: int = 0,
+                 frame_resize: PilResize | None = None):
+        """frame_resize: resize each frame as torchvision does (timm encoders) instead of the
+        decoder's own scaling; frames are then decoded at full size and resized one at a time."""
         self.path = Path(path)
         if not self.path.is_file():
             if self.path.is_symlink():
@@ -118,12 +122,13 @@ class FrameReader:
             raise VideoError(f"cannot decode: {_first_line(exc)}") from None
         _check_size(self.path, height, width)
         self.info = VideoInfo(n_frames=n_frames, fps=fps, height=height, width=width)
-        self._out_h, self._out_w = decode_size(height, width, input_size, resize)
+        self._out_h, self._out_w = (height, width) if frame_resize else decode_size(height, width, input_size, resize)
+        self._frame_resize = frame_resize
         self._num_threads = num_threads
         self._reader = None  # decord, only when the PyAV path cannot serve this video
         self._sequential: SequentialDecoder | None = None
         try:
-            sequential = SequentialDecoder(self.path, self._out_h, self._out_w, num_threads)
+            sequential = SequentialDecoder(self.path, self._out_h, self._out_w, num_threads, frame_resize)
             if len(sequential) == n_frames:
                 self._sequential = sequential
             else:
@@ -151,6 +156,8 @@ class FrameReader:
                 self._sequential = None
                 self._open_decord()
         try:
+            if self._frame_resize is not None:  # full-size frames: one at a time
+                return np.stack([self._frame_resize(self._reader.get_batch([i]).asnumpy()[0]) for i in indices])
             return self._reader.get_batch(indices).asnumpy()
         except Exception as exc:
             raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}") from None
@@ -190,7 +197,8 @@ class SequentialDecoder:
 
     SEEK_GAP = 32
 
-    def __init__(self, path: Path, out_h: int, out_w: int, num_threads: int = 0):
+    def __init__(self, path: Path, out_h: int, out_w: int, num_threads: int = 0,
+                 frame_resize: PilResize | None = None):
         import av
 
         self._container = av.open(str(path), metadata_errors="ignore")
@@ -217,6 +225,7 @@ class SequentialDecoder:
             ctx.thread_type = "SLICE"
             self._stream = stream
             self._size = (out_w, out_h)
+            self._frame_resize = frame_resize
             self._graph = None
             self._frames = None  # the decoding iterator
             self._next = 0  # index of the next frame the iterator will yield
@@ -275,7 +284,8 @@ class SequentialDecoder:
                     raise ValueError("a decoded frame without a known timestamp")
                 self._next = index + 1
                 if index == target:
-                    out.append(self._scale(frame))
+                    image = self._scale(frame)
+                    out.append(image if self._frame_resize is None else self._frame_resize(image))
                     break
                 if index > target:
                     raise ValueError(f"frame {target} was skipped")

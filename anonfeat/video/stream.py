@@ -19,6 +19,7 @@ from anonfeat.errors import VideoError
 from anonfeat.killpoints import kill_point
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.reader import FrameReader, _first_line
+from anonfeat.video.resize import PilResize
 from anonfeat.video.sampling import Sampling, clip_frame_indices, static_frame_indices
 
 CLIP, STATIC = "clip", "static"
@@ -59,11 +60,12 @@ Message = VideoStart | ClipChunk | VideoFailed
 
 
 def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips: int,
-               num_threads: int = 0) -> Iterator[Message]:
+               num_threads: int = 0, frame_resize: PilResize | None = None) -> Iterator[Message]:
     """All messages for one video; failures become a final VideoFailed instead of raising."""
     reader = None
     try:
-        reader = FrameReader(item.path, input_size, sampling.resize, num_threads=num_threads)
+        reader = FrameReader(item.path, input_size, sampling.resize, num_threads=num_threads,
+                             frame_resize=frame_resize)
         info = reader.info
         clips = clip_frame_indices(info.n_frames, sampling)
         statics = static_frame_indices(info.n_frames, sampling.static_clips)
@@ -94,19 +96,21 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
 class VideoClipStream(IterableDataset):
     """Messages for many videos; each DataLoader worker takes every n-th video."""
 
-    def __init__(self, videos: Sequence[VideoItem], sampling: Sampling, input_size: int, chunk_clips: int):
+    def __init__(self, videos: Sequence[VideoItem], sampling: Sampling, input_size: int, chunk_clips: int,
+                 frame_resize: PilResize | None = None):
         super().__init__()
         self.videos = list(videos)
         self.sampling = sampling
         self.input_size = input_size
         self.chunk_clips = max(1, chunk_clips)
+        self.frame_resize = frame_resize
 
     def __iter__(self) -> Iterator[Message]:
         worker = get_worker_info()
         videos = self.videos if worker is None else self.videos[worker.id::worker.num_workers]
         threads = 0 if worker is None else 1  # one decode thread per worker: workers are the parallelism
         for item in videos:
-            yield from iter_video(item, self.sampling, self.input_size, self.chunk_clips, threads)
+            yield from iter_video(item, self.sampling, self.input_size, self.chunk_clips, threads, self.frame_resize)
 
 
 def to_clips(frames: torch.Tensor, index: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor,
