@@ -17,6 +17,7 @@ from anonfeat.options import with_overrides
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.store import StoreHeader, VideoRecord
+from anonfeat.video.decoders import select_decoder
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.sampling import Sampling
 
@@ -88,6 +89,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
     options = with_overrides(options, PruneOptions, overrides)
     device = resolve_device(options.device)
+    decoder = select_decoder(options.decoder, device)  # refused here, before the pruner is loaded
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
     loaded.model.to(device)
     trained = loaded.info.get("sampling", {})
@@ -102,7 +104,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     sampling = sampling_for(options, cfg.encoder.clip_len)
     header = pruned_header(loaded, sampling, options.dtype, options.keep_ratio)
     return write_store(source, out, header, sampling, pruner_job(loaded, options.keep_ratio, sampling, options),
-                       options, device)
+                       options, device, decoder)
 
 
 def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
@@ -113,6 +115,7 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
     from anonfeat import distributed
 
     options = with_overrides(options, PruneOptions, overrides)
+    select_decoder(options.decoder, resolve_device(options.device))  # --decoder refused before any work
     loaded: dict[str, LoadedPruner] = {}
 
     def run(items: list, path: Path, opts: PruneOptions) -> ExtractResult:
