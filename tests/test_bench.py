@@ -62,6 +62,7 @@ def test_bench_api_without_memory(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.mp4"))) == 2
 
 
+@pytest.mark.integration
 def test_bench_cli_with_memory_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--device", "cpu", "--videos", "2", "--frames", "40", "--size", "96x64", "--repeats", "1",
@@ -91,6 +92,7 @@ def test_bench_cli_with_memory_writes_json(tmp_path):
     assert result["machine"]["cpu_cores"] >= 1
 
 
+@pytest.mark.integration
 def test_peak_rss_reports_failures(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
@@ -166,6 +168,7 @@ os.waitpid(pid, 0)
 """
 
 
+@pytest.mark.integration
 def test_poller_counts_workers_once_and_never_exec_helpers():
     import subprocess
     import sys

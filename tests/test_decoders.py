@@ -163,6 +163,7 @@ def test_a_stream_the_decoder_refuses_is_decoded_on_the_cpu(mixed_codecs, defaul
     assert_same_features(default_store, tmp_path / "gpu.h5")
 
 
+@pytest.mark.integration
 def test_the_run_summary_notes_the_fallback(mixed_codecs, tmp_path):
     def setup() -> None:  # in the forked CLI process only
         decoders.DECODERS["gpu"] = DecoderEntry("gpu", ("cpu",), H264OnlyDecoder)

@@ -212,6 +212,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "anonfeat", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_cli_extract_inspect_and_exit_codes(bad_video_dir, tmp_path):
     out = tmp_path / "cli.h5"
     proc = run_cli("extract", str(bad_video_dir), "--out", str(out), "--encoder", "videomae-tiny", "--random-init",
@@ -226,6 +227,7 @@ def test_cli_extract_inspect_and_exit_codes(bad_video_dir, tmp_path):
     assert table.returncode == 0 and "videomae-tiny" in table.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, message", [
     (["--encoder", "videomae-tiny"], "--random-init"),
     (["--encoder", "nope", "--random-init"], "unknown encoder"),
@@ -238,6 +240,7 @@ def test_cli_usage_errors_are_one_line_exit_2(video_dir, tmp_path, args, message
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_cli_version_and_encoders():
     assert run_cli("--version").stdout.startswith("anonfeat ")
     listing = json.loads(run_cli("encoders", "--json").stdout)
