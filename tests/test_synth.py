@@ -177,6 +177,7 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         render_video("dance", NONE)
 
 
+@pytest.mark.integration
 def test_synth_cli_writes_benchmark(tmp_path):
     import subprocess
     import sys

@@ -15,6 +15,8 @@ Checkpoint = typer.Option(None, "--checkpoint", "-c", help="Official VideoMAE .p
                           "a weights file, or `pretrained` for timm's own weights.", exists=False)
 RandomInit = typer.Option(False, "--random-init", help="Use seeded random weights (tests and demos only).")
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda:N.")
+Decoder = typer.Option("auto", "--decoder", help="Video decoding: cpu (PyAV), gpu (NVDEC; not in this build) "
+                       "or auto (gpu when the device is CUDA and the gpu decoder is installed, else cpu).")
 BatchSize = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per forward pass.")
 Workers = typer.Option(1, "--workers", "-w", min=0, help="Decoding worker processes (0: decode in the main process).")
 Compile = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder (default: on "

@@ -56,6 +56,7 @@ def train_pruner_command(
     resize: str = opt.Resize,
     flip: bool = typer.Option(D.flip, "--flip/--no-flip", help="Mirror clips at random (not for left/right actions)."),
     workers: int = opt.Workers,
+    decoder: str = opt.Decoder,
     seed: int = typer.Option(D.seed, "--seed"),
     device: str = opt.Device,
     progress: bool = opt.Progress,
@@ -70,7 +71,7 @@ def train_pruner_command(
         keep_rates=_numbers(keep, float, "--keep"), lam=lam, train_blocks=train_blocks, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_privacy=w_privacy, temperature=temperature,
         clip_len=clip_len, frame_stride=frame_stride, resize=resize, flip=flip, workers=workers, seed=seed,
-        device=device, progress=progress)
+        device=device, decoder=decoder, progress=progress)
     from anonfeat import distributed
 
     report = train_pruner(videos, labels, out, options)
@@ -79,6 +80,9 @@ def train_pruner_command(
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows without a video, {report.unmatched_videos} videos unlabelled, "
                   f"{report.failed_videos} clips failed to decode")
+    if report.decoder_fallbacks:
+        console.print(f"{report.decoder_fallbacks} clips decoded on the CPU (fallback: --decoder could not "
+                      "decode their video)")
     val, unpruned = report.metrics.get("val", {}), report.metrics.get("val_unpruned", {})
     if val:
         table = Table(title="validation videos (centre clip)")
@@ -122,6 +126,7 @@ def prune_command(
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
     device: str = opt.Device,
+    decoder: str = opt.Decoder,
     dtype: str = opt.Dtype,
     compression: Optional[str] = opt.Compression,
     progress: bool = opt.Progress,
@@ -138,5 +143,5 @@ def prune_command(
                            static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                            device=device, dtype=dtype, compression=compression, progress=progress,
                            keep_ratio=keep_ratio, features=features, checkpoint=checkpoint, save_videos=save_videos,
-                           fill=fill, lossless=lossless, save_heatmaps=save_heatmaps)
+                           fill=fill, lossless=lossless, save_heatmaps=save_heatmaps, decoder=decoder)
     finish_store_command(prune_sharded(videos, out, pruner, options, keep_shards=keep_shards))

@@ -14,7 +14,7 @@ from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError, VideoError
 from anonfeat.labels import Labels, match_videos
 from anonfeat.video.discover import VideoItem, find_videos
-from anonfeat.video.reader import FrameReader
+from anonfeat.video.decoders import CPU, DecoderBackend, open_video
 from anonfeat.video.stream import to_clips
 
 CROP_MARGIN = 1.15  # training decodes the short side at 1.15x the input size and crops randomly
@@ -63,13 +63,15 @@ class TrainingClips(Dataset):
     """Item i: video i's uint8 clip (T, s, s, 3) and labels, or None when it cannot be decoded.
 
     Randomness comes from (seed, epoch, i) alone, so a run is reproducible with any number of workers.
-    augment=False gives the centre clip, centre crop (validation).
+    augment=False gives the centre clip, centre crop (validation). `decoder` decodes the videos (the
+    CPU path for a video whose stream it cannot decode: the item's "fallback" is then True).
     """
 
     def __init__(self, videos: LabelledVideos, clip_len: int, frame_stride: int, input_size: int,
                  resize: str = "short", augment: bool = True, statics: bool = False, flip: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, decoder: DecoderBackend = CPU):
         self.videos, self.clip_len, self.frame_stride = videos, clip_len, frame_stride
+        self.decoder = decoder
         self.input_size, self.resize, self.augment = input_size, resize, augment
         self.statics, self.flip, self.seed = statics, flip, seed
         self.epoch = 0
@@ -86,7 +88,7 @@ class TrainingClips(Dataset):
         decode = round(size * CROP_MARGIN) if self.augment else size
         reader = None
         try:
-            reader = FrameReader(self.videos.items[i].path, decode, self.resize, num_threads=1)
+            reader, fallback = open_video(self.decoder, self.videos.items[i].path, decode, self.resize, num_threads=1)
             n = reader.info.n_frames
             span = (self.clip_len - 1) * self.frame_stride + 1
             last = max(n - span, 0)
@@ -108,7 +110,8 @@ class TrainingClips(Dataset):
             frames = frames[:, :, ::-1]
         clips = np.ascontiguousarray(frames[index])  # (1 or 3, T, s, s, 3)
         return {"clip": torch.from_numpy(clips[0]), "static": torch.from_numpy(clips[1:]),
-                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i])}
+                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i]),
+                "fallback": fallback}
 
 
 def collate(items: list[dict | None], clip_shape: tuple[int, ...], n_static: int, n_attributes: int) -> dict:
@@ -123,7 +126,8 @@ def collate(items: list[dict | None], clip_shape: tuple[int, ...], n_static: int
         static = torch.zeros((0, n_static, *clip_shape), dtype=torch.uint8)
         attributes = torch.zeros((0, n_attributes))
     return {"clip": clip, "static": static, "action": torch.tensor([g["action"] for g in good], dtype=torch.long),
-            "attributes": attributes, "failed": len(items) - len(good)}
+            "attributes": attributes, "failed": len(items) - len(good),
+            "fallbacks": sum(bool(g.get("fallback")) for g in good)}
 
 
 class GlobalBatches(torch.utils.data.Sampler):

@@ -36,6 +36,7 @@ class PrunerTrainOptions:
     val_fraction: float = 0.15
     seed: int = 0
     device: str = "auto"
+    decoder: str = "auto"  # auto, cpu or gpu (anonfeat.video.decoders)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -27,6 +27,7 @@ from anonfeat.pruning.backbone import load_source_encoder
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.store import StoreHeader, VideoRecord
+from anonfeat.video.decoders import select_decoder
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.sampling import Sampling
 
@@ -167,6 +168,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     _check_options(options)
     _check_prune_options(options)
     device = resolve_device(options.device)
+    decoder = select_decoder(options.decoder, device)  # refused here, before the pruner is loaded
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
     loaded.model.to(device)
     cfg = loaded.config
@@ -180,7 +182,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     sampling = sampling_for(options, cfg.encoder.clip_len)
     header = pruned_header(loaded, sampling, options.dtype, options.keep_ratio, encoder)
     job = pruner_job(loaded, options.keep_ratio, sampling, options, encoder)
-    return write_store(source, out, header, sampling, job, options, device)
+    return write_store(source, out, header, sampling, job, options, device, decoder)
 
 
 def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
@@ -191,6 +193,7 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
     from anonfeat import distributed
 
     options = with_overrides(options, PruneOptions, overrides)
+    select_decoder(options.decoder, resolve_device(options.device))  # --decoder refused before any work
     loaded: dict[str, LoadedPruner] = {}
 
     def run(items: list, path: Path, opts: PruneOptions) -> ExtractResult:
