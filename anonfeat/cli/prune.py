@@ -57,6 +57,7 @@ def train_pruner_command(
     flip: bool = typer.Option(D.flip, "--flip/--no-flip", help="Mirror clips at random (not for left/right actions)."),
     workers: int = opt.Workers,
     seed: int = typer.Option(D.seed, "--seed"),
+    split_seed: int = opt.SplitSeed,
     device: str = opt.Device,
     progress: bool = opt.Progress,
 ) -> None:
@@ -70,7 +71,7 @@ def train_pruner_command(
         keep_rates=_numbers(keep, float, "--keep"), lam=lam, train_blocks=train_blocks, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_privacy=w_privacy, temperature=temperature,
         clip_len=clip_len, frame_stride=frame_stride, resize=resize, flip=flip, workers=workers, seed=seed,
-        device=device, progress=progress)
+        split_seed=split_seed, device=device, progress=progress)
     from anonfeat import distributed
 
     report = train_pruner(videos, labels, out, options)

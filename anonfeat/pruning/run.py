@@ -76,6 +76,7 @@ def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_rat
     schedule = cfg.schedule(keep_ratio)
     return store_header(
         cfg.encoder, loaded.sha256, sampling, dtype, features="pruned",
+        anonymizer_videos=loaded.training_videos,  # the audit refuses to test on these
         extra={"pruner": {"file": loaded.path.name, "sha256": loaded.sha256,
                           "prune_blocks": list(schedule), "keep_rates": list(schedule.values()),
                           "kept_counts": cfg.kept_counts(keep_ratio), "lam": cfg.lam,
