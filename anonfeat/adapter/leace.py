@@ -13,6 +13,8 @@ an eraser needs nothing but torch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -55,7 +57,9 @@ def erasure_rows(data: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fit_leace(data: VideoFeatures) -> LinearEraser:
     """Fit the LEACE eraser of `data.attributes` on both views of `data` (the train rows)."""
-    from concept_erasure import LeaceEraser
+    with warnings.catch_warnings():  # the package's import-time torch.jit.script deprecation is not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        from concept_erasure import LeaceEraser
 
     if data.attributes.shape[1] == 0:
         raise AnonfeatError("--method leace erases private attributes: the labels need attribute columns "
