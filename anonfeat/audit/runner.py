@@ -168,7 +168,7 @@ def read_store_features(path: str | Path, labels: Labels) -> StoreFeatures:
 
 
 # -- who saw what --------------------------------------------------------------------------------
-def test_seen_by_anonymizer(header: StoreHeader, labels: Labels) -> int | None:
+def count_seen_test_videos(header: StoreHeader, labels: Labels) -> int | None:
     """How many test videos of `labels` the store's anonymizer trained on, matched to the label ids it
     recorded like store keys (`match_videos`). 0 for raw features (no anonymizer); None for an
     anonymized store whose anonymizer recorded nothing (made before anonfeat recorded it: unknown)."""
@@ -451,7 +451,7 @@ def audit_stores(stores: Sequence[str | Path], labels: Labels | str | Path, base
     seen: dict[str, int | None] = {}
     for path in order:  # before any attacker runs: minutes later is too late to learn this
         with FeatureStore(path) as store:
-            seen[path] = test_seen_by_anonymizer(store.header, labels)
+            seen[path] = count_seen_test_videos(store.header, labels)
         if not options.allow_seen:
             check_not_seen(path, seen[path], labels)
     results = []
