@@ -27,6 +27,9 @@ _LAZY = {
     "prune": "anonfeat.pruning.run",
     "PruneOptions": "anonfeat.pruning.run",
     "load_pruner": "anonfeat.pruning.io",
+    "load_labels": "anonfeat.labels",
+    "stratified_split": "anonfeat.labels",
+    "audit_stores": "anonfeat.audit.runner",
 }
 
 __all__ = ["__version__", *_LAZY]

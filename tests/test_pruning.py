@@ -258,17 +258,26 @@ def test_train_pruner_is_deterministic_and_writes_a_loadable_file(tmp_path: Path
 
 
 def test_train_pruner_without_attributes_uses_static_clip_ntxent(tmp_path: Path, bench: Path) -> None:
+    """Labels with neither attributes nor a split column: NT-Xent on static clips, trained on the
+    derived train rows only (recorded in the file), never on a test video."""
+    from anonfeat.labels import load_labels
+
     rows = list(csv.DictReader(bench.open()))
     plain = tmp_path / "labels.csv"
     with plain.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["video", "split", "action"])
+        writer = csv.DictWriter(handle, ["video", "action"])
         writer.writeheader()
-        writer.writerows({k: r[k] for k in ("video", "split", "action")} for r in rows)
+        writer.writerows({k: r[k] for k in ("video", "action")} for r in rows)
     from anonfeat.pruning.train import train_pruner
 
     report = train_pruner(bench.parent / "videos", plain, tmp_path / "n.safetensors", encoder=DEMO, epochs=1,
-                          warmup_epochs=0, batch_size=4, frame_stride=1, workers=0, progress=False)
+                          warmup_epochs=0, batch_size=4, frame_stride=1, workers=0, progress=False, split_seed=2)
     loaded = load_pruner(report.pruner)
+    derived = load_labels(plain, split_seed=2, require_attributes=False)
+    train_ids = {v for v, s in zip(derived.videos, derived.split) if s == "train"}
+    assert set(loaded.training_videos) == train_ids and report.train_videos + report.val_videos == len(train_ids)
+    assert not train_ids & {v for v, s in zip(derived.videos, derived.split) if s == "test"}
+    assert loaded.info["training"]["split_seed"] == 2 and loaded.info["training"]["seed"] == 0
     assert loaded.config.privacy_loss == "ntxent" and loaded.config.attributes == ()
     assert np.isfinite(report.history[-1]["privacy"])
     with pytest.raises(AnonfeatError, match="needs attribute columns"):
@@ -429,14 +438,21 @@ def test_pruned_store_is_audited_like_any_store(tmp_path: Path, bench: Path, tra
     from anonfeat.audit.runner import audit_stores
     from anonfeat.pruning.run import prune
 
+    from anonfeat.store import FeatureStore
+
     prune(bench.parent / "videos", tmp_path / "p.h5", trained, static_clips=2, frame_stride=1, progress=False,
           workers=0)
+    with FeatureStore(tmp_path / "p.h5") as store:  # the pruner's record of its training videos, copied
+        assert store.header.anonymizer_videos == load_pruner(trained).training_videos
+        assert {r["video"] for r in csv.DictReader(bench.open()) if r["split"] == "train"} == \
+            set(store.header.anonymizer_videos)
     report = audit_stores([tmp_path / "p.h5"], bench, seeds=1, epochs=5)
     result = report.stores[0]
     assert result.static is not None and result.n_static_videos == 16  # the pruned store's static clips
     assert result.headline.cmap == max(result.static.cmap, result.clip.cmap)  # the worse attacker
     assert set(result.utility) == {"action"} and result.utility["action"]["top1_std"] == 0.0  # one seed
     assert result.headline.n_test >= 2 and result.clip.n_test == result.headline.n_test
+    assert result.attacker_split == "attacker" and result.test_seen_by_anonymizer == 0 and not result.optimistic
 
 
 @pytest.mark.integration

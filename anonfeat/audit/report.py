@@ -22,9 +22,17 @@ def _attack_json(attack: AttackResult) -> dict:
 
 
 def store_json(result: StoreResult) -> dict:
-    """One store's entry; rates are fractions, undefined values null."""
+    """One store's entry; rates are fractions, undefined values null.
+
+    attacker_split: the split attackers and probes were fit on ("attacker", or "train" when the labels
+    have no attacker videos); optimistic: true when that is "train" for an anonymized store;
+    test_seen_by_anonymizer: test videos the store's anonymizer trained on (0 for raw stores, null
+    when the anonymizer recorded nothing)."""
     headline = result.headline
     return {
+        "attacker_split": result.attacker_split,
+        "optimistic": result.optimistic,
+        "test_seen_by_anonymizer": result.test_seen_by_anonymizer,
         "privacy": {
             "cmap": headline.cmap,
             "cmap_std": headline.cmap_std,
@@ -42,8 +50,13 @@ def store_json(result: StoreResult) -> dict:
 
 
 def report_json(report: AuditReport) -> dict:
-    """{"stores": {path: ...}, "baseline": path or null} (the baseline is also one of the stores)."""
-    return _finite({"stores": {r.path: store_json(r) for r in report.stores}, "baseline": report.baseline})
+    """{"stores": {path: ...}, "baseline": path or null, "split": ...} (the baseline is also one of the
+    stores); "split" says where the split came from: {"derived", "split_seed", "stratified_on", "counts"}."""
+    labels = report.labels
+    split = {"derived": labels.split_generated, "split_seed": labels.split_seed,
+             "stratified_on": labels.split_strata, "counts": labels.split_counts()}
+    return _finite({"stores": {r.path: store_json(r) for r in report.stores}, "baseline": report.baseline,
+                    "split": split})
 
 
 def _finite(value):
@@ -78,7 +91,8 @@ def render_table(report: AuditReport) -> Table:
                         f"{len(report.attributes)} attributes)", title_justify="left")
     for name, justify in (("store", "left"), ("videos", "right"), ("cMAP ↓", "right"), ("static", "right"),
                           ("clip", "right"), ("chance", "right"), ("F1 ↓", "right"), (f"top-1 {task} ↑", "right"),
-                          ("leak. red.", "right"), ("leak. removed", "right"), ("util. drop", "right")):
+                          ("leak. red.", "right"), ("leak. removed", "right"), ("util. drop", "right"),
+                          ("attackers fit on", "left")):
         table.add_column(name, justify=justify)
     for result in report.stores:
         headline = result.headline
@@ -95,6 +109,7 @@ def render_table(report: AuditReport) -> Table:
             _fmt(result.leakage_reduction),
             _fmt(result.leakage_removed),
             _fmt(result.utility_drop),
+            result.attacker_split + (" [yellow](optimistic)[/]" if result.optimistic else ""),
         )
     return table
 

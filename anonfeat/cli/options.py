@@ -26,6 +26,9 @@ Progress = typer.Option(True, "--progress/--no-progress", help="Show a progress 
 StaticClips = typer.Option(0, "--static-clips", min=0, help="Also store N static clips per video "
                            "(one frame repeated), needed by train-adapter and audit.")
 Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
+SplitSeed = typer.Option(0, "--split-seed", help="Seed of the train/attacker/test split (50/25/25, stratified on "
+                         "action) derived when the labels have no split column; every command derives the same "
+                         "one from the same labels and seed. Separate from --seed.")
 OptionalPath = Optional[Path]
 
 # Clip sampling, shared by extract and prune.

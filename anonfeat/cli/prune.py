@@ -58,6 +58,7 @@ def train_pruner_command(
     workers: int = opt.Workers,
     decoder: str = opt.Decoder,
     seed: int = typer.Option(D.seed, "--seed"),
+    split_seed: int = opt.SplitSeed,
     device: str = opt.Device,
     progress: bool = opt.Progress,
 ) -> None:
@@ -71,7 +72,7 @@ def train_pruner_command(
         keep_rates=_numbers(keep, float, "--keep"), lam=lam, train_blocks=train_blocks, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_privacy=w_privacy, temperature=temperature,
         clip_len=clip_len, frame_stride=frame_stride, resize=resize, flip=flip, workers=workers, seed=seed,
-        device=device, decoder=decoder, progress=progress)
+        split_seed=split_seed, device=device, decoder=decoder, progress=progress)
     from anonfeat import distributed
 
     report = train_pruner(videos, labels, out, options)

@@ -25,6 +25,7 @@ class LabelledVideos:
     """Videos paired with their labels: the action class and 0/1 attributes of each."""
 
     items: list[VideoItem]
+    videos: list[str]  # the label ids of the same videos (what the pruner file records as seen)
     actions: np.ndarray  # (n,) class index
     attributes: np.ndarray  # (n, k) float32
     action_classes: list[str]
@@ -36,24 +37,26 @@ class LabelledVideos:
         return len(self.items)
 
     def subset(self, index: np.ndarray) -> "LabelledVideos":
-        return LabelledVideos([self.items[i] for i in index], self.actions[index], self.attributes[index],
+        return LabelledVideos([self.items[i] for i in index], [self.videos[i] for i in index],
+                              self.actions[index], self.attributes[index],
                               self.action_classes, self.attribute_names, self.unmatched_labels,
                               self.unmatched_videos)
 
 
 def labelled_videos(source: str | Path, labels: Labels, task: str, attributes: list[str],
                     split: str = "train") -> LabelledVideos:
-    """The videos under `source` whose label row is in `split` (all rows when labels have no split)."""
+    """The videos under `source` whose label row is in `split` (labels without a split column carry the
+    derived one, see `anonfeat.labels.stratified_split`)."""
     items = find_videos(source)
     by_key = {item.key: item for item in items}
     match = match_videos(labels, list(by_key))
-    rows = [(i, key) for i, key in match.pairs if labels.split_generated or labels.split[i] == split]
+    rows = [(i, key) for i, key in match.pairs if labels.split[i] == split]
     if not rows:
         raise AnonfeatError(f"{source}: no video matches a {split!r} row of {labels.source} "
                             f"({match.unmatched_labels} label rows unmatched); check --labels")
     index = np.array([i for i, _ in rows])
     return LabelledVideos(
-        items=[by_key[key] for _, key in rows], actions=labels.task_targets(task)[index],
+        items=[by_key[key] for _, key in rows], videos=[labels.videos[i] for i, _ in rows], actions=labels.task_targets(task)[index],
         attributes=labels.attribute_matrix(attributes)[index].astype(np.float32),
         action_classes=labels.task_classes(task), attribute_names=list(attributes),
         unmatched_labels=match.unmatched_labels, unmatched_videos=match.unmatched_store)

@@ -154,10 +154,12 @@ def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_rat
               "prune_blocks": list(schedule), "keep_rates": list(schedule.values()),
               "kept_counts": cfg.kept_counts(keep_ratio), "lam": cfg.lam,
               "num_tubelets": cfg.encoder.num_tokens, "grid": list(cfg.encoder.grid)}
+    seen = loaded.training_videos  # the audit refuses to test on these
     if source is None:
-        return store_header(cfg.encoder, loaded.sha256, sampling, dtype, features="pruned", extra={"pruner": pruner})
+        return store_header(cfg.encoder, loaded.sha256, sampling, dtype, features="pruned",
+                            anonymizer_videos=seen, extra={"pruner": pruner})
     return store_header(source.config, source.checkpoint_sha256, sampling, dtype, features="pruned",
-                        extra={"pruner": pruner})
+                        anonymizer_videos=seen, extra={"pruner": pruner})
 
 
 def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path | LoadedPruner,

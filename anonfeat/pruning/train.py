@@ -239,13 +239,17 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
 
 def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
                  options: PrunerTrainOptions | None = None, **overrides) -> PrunerTrainReport:
-    """`anonfeat train-pruner`: fit on the train split of `labels`, write the pruner to `out`."""
+    """`anonfeat train-pruner`: fit on the train split of `labels`, write the pruner to `out`.
+
+    Only label rows of the train split are read (labels without a split column get the derived one,
+    seeded by `options.split_seed`); the validation part is carved out of them. The file records the
+    label ids of every video read (`training_videos`)."""
     options = with_overrides(options, PrunerTrainOptions, overrides)
     options.validate()
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
     decoder = select_decoder(options.decoder, ctx.device)  # refused here, before any work
-    label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes, seed=options.seed,
-                            require_attributes=False)
+    label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes,
+                            split_seed=options.split_seed, require_attributes=False)
     attributes = label_set.attribute_names
     privacy_loss = options.privacy_loss
     if privacy_loss == "auto":
@@ -275,6 +279,7 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
         "sampling": {"clip_len": pruner.config.encoder.clip_len, "frame_stride": options.frame_stride,
                      "resize": options.resize},
         "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device", "decoder", "extra")},
+        "training_videos": list(videos.videos),
         "metrics": metrics,
         "final_losses": history[-1] if history else {},
         "history": history,
