@@ -286,9 +286,9 @@ def random_pruner(tmp_path_factory) -> Path:
     from anonfeat.pruning.backbone import build_pruner
     from anonfeat.pruning.io import save_pruner
 
-    model, _ = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
+    model, backbone = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
     return save_pruner(model, tmp_path_factory.mktemp("pruner") / "pruner.safetensors",
-                       {"sampling": {"frame_stride": 1}})
+                       {"backbone": backbone, "sampling": {"frame_stride": 1}})
 
 
 def test_rotated_phone_video_is_anonymized_upright_and_drops_what_the_pruner_dropped(tmp_path, random_pruner):
@@ -311,7 +311,7 @@ def test_rotated_phone_video_is_anonymized_upright_and_drops_what_the_pruner_dro
     assert np.abs(np.stack(list(iter_upright_frames(videos / "phone.mp4"))).astype(int) - upright).max() <= 3
 
     result = prune(videos, tmp_path / "p.h5", random_pruner, frame_stride=1, keep_ratio=0.5, batch_size=4,
-                   save_videos=tmp_path / "anon", workers=0, progress=False)
+                   save_videos=tmp_path / "anon", lossless=True, workers=0, progress=False)
     assert not result.failed
     loaded = load_pruner(random_pruner)
     enc, last = loaded.config.encoder, loaded.config.prune_blocks[-1]
@@ -334,6 +334,34 @@ def test_rotated_phone_video_is_anonymized_upright_and_drops_what_the_pruner_dro
         assert frames[dropped].max() == 0, name  # no pixel the pruner dropped is visible
         assert np.abs(frames[~dropped] - upright[~dropped]).max() <= 3, name
     np.testing.assert_array_equal(outputs["phone.mp4"] == 0, outputs["turned.mp4"] == 0)
+
+
+@pytest.mark.parametrize("frame_resize", [False, True])
+def test_rotated_video_is_probed_and_decoded_upright_by_pyav_alone(tmp_path, monkeypatch, frame_resize):
+    """PyAV turns rotated streams upright itself: the probed size is the upright one and the frames equal
+    those of the same video stored upright, with decord unavailable (no fallback is needed), also
+    when a timm-style resize takes the full-size frames."""
+    import sys
+
+    from anonfeat.video import reader as reader_module
+    from anonfeat.video.reader import FrameReader
+    from anonfeat.video.resize import PilResize
+
+    monkeypatch.setitem(sys.modules, "decord", None)
+    monkeypatch.setattr(reader_module, "_decord", None)
+    stored = moving_frames(8, 48, 80, seed=5)
+    write_lossless(tmp_path / "phone.mp4", stored, rotation=-90)
+    write_lossless(tmp_path / "turned.mp4", np.ascontiguousarray(np.rot90(stored, k=-1, axes=(1, 2))))
+    resize = PilResize(32, interpolation="bicubic") if frame_resize else None
+    decoded = {}
+    for name in ("phone.mp4", "turned.mp4"):
+        reader = FrameReader(tmp_path / name, 32, frame_resize=resize)
+        assert (reader.info.n_frames, reader.info.height, reader.info.width) == (8, 80, 48)
+        decoded[name], _ = reader.frames(np.array([0, 3, 7]))
+        assert reader._reader is None  # served by PyAV, decord never opened
+        reader.close()
+    assert decoded["phone.mp4"].shape[1:3] == ((32, 32) if frame_resize else (53, 32))
+    assert np.abs(decoded["phone.mp4"].astype(int) - decoded["turned.mp4"]).max() <= 3
 
 
 # -- 6. the pixel limit holds for every decoded frame ---------------------------------------------
@@ -587,6 +615,71 @@ def test_pruner_metadata_claiming_huge_dims_or_wrong_types_is_refused(tmp_path, 
     save_file(nan_state, str(tmp_path / "nan.safetensors"), metadata={"anonfeat_pruner": json.dumps(meta)})
     with pytest.raises(AnonfeatError, match=r"weights hold NaN or Inf \(action_head.weight\)"):
         load_pruner(tmp_path / "nan.safetensors")
+
+
+def _leace_file(path: Path, meta=None, state: dict | None = None) -> Path:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from anonfeat.adapter.leace import LinearEraser
+
+    model = LinearEraser(192, 2)
+    model.proj_left.normal_()
+    model.proj_right.normal_()
+    config = {"format": "anonfeat-adapter/1", **model.architecture(),
+              "encoder": {"name": "videomae-tiny", "checkpoint_sha256": "random-init-seed-0"}, "training_videos": ["a"]}
+    config = meta(config) if meta is not None else config
+    tensors = {k: v.contiguous() for k, v in (state or model.state_dict()).items()}
+    save_file(tensors, str(path), metadata={"anonfeat_adapter": json.dumps(config)})
+    assert torch.isfinite(model.proj_left).all()
+    return path
+
+
+@pytest.mark.parametrize("meta, state, needle", [
+    (lambda c: {**c, "rank": 100000, "dim": 100000}, None, "proj_left (192, 2) vs (100000, 100000)"),
+    (lambda c: {**c, "rank": "2"}, None, "rank='2', not a positive integer"),
+    (lambda c: {**c, "rank": 3}, None, "proj_right (2, 192) vs (3, 192)"),
+    (lambda c: {**c, "kind": "magic"}, None, "adapter kind 'magic' is not one this anonfeat knows"),
+    (lambda c: {**c, "training_videos": {"a": 1}}, None, "training_videos that are not a list"),
+    (None, {"proj_left": np.zeros((192, 2)), "proj_right": np.zeros((2, 192)), "bias": np.zeros(7)},
+     "bias (7,) vs (192,)"),
+    (None, {"proj_left": np.full((192, 2), np.nan), "proj_right": np.zeros((2, 192)), "bias": np.zeros(192)},
+     "weights hold NaN or Inf (proj_left)"),
+])
+def test_leace_adapter_metadata_is_checked_against_its_tensors(tmp_path, meta, state, needle):
+    import torch
+
+    from anonfeat.adapter.io import load_adapter
+
+    if state is not None:
+        state = {k: torch.from_numpy(v).float() for k, v in state.items()}
+    path = _leace_file(tmp_path / "leace.safetensors", meta, state)
+    with pytest.raises(AnonfeatError) as info:
+        load_adapter(path)
+    assert needle in str(info.value) and "leace.safetensors" in str(info.value), str(info.value)
+    assert load_adapter(_leace_file(tmp_path / "good.safetensors")).model.rank == 2  # the intact file loads
+
+
+def test_pruner_source_encoder_and_training_videos_of_wrong_types_are_refused(tmp_path, random_pruner):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from anonfeat.pruning.io import load_pruner
+
+    with safe_open(str(random_pruner), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["anonfeat_pruner"])
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    for i, (bad, needle) in enumerate([({**meta, "backbone": "videomae-tiny"}, "has backbone='videomae-tiny'"),
+                                       ({**meta, "backbone": {**meta["backbone"], "checkpoint": 5}}, "has backbone="),
+                                       ({**meta, "training_videos": 7}, "training_videos that are not a list")]):
+        path = tmp_path / f"p{i}.safetensors"
+        save_file(state, str(path), metadata={"anonfeat_pruner": json.dumps(bad)})
+        with pytest.raises(AnonfeatError, match=needle):
+            load_pruner(path)
 
 
 def test_nan_adapter_is_refused_and_non_finite_features_are_never_written(small_store, tmp_path):

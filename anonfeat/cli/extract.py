@@ -22,6 +22,11 @@ def finish_store_command(result) -> None:
     console.print(f"[bold]{escape(str(result.store))}[/]: {len(result.written)} written, "
                   f"{len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
+    fallbacks = getattr(result, "decoder_fallbacks", [])
+    if fallbacks:
+        shown = ", ".join(fallbacks[:5]) + (", ..." if len(fallbacks) > 5 else "")
+        console.print(f"  {len(fallbacks)} videos decoded on the CPU (fallback: the {result.decoder} decoder "
+                      f"cannot decode their stream): {shown}", highlight=False)
     for key, error in sorted(result.failed.items()):
         console.print(f"  [red]failed[/] {escape(key)}: {escape(error)}", highlight=False)
     for warning in getattr(result, "warnings", []):
@@ -45,6 +50,7 @@ def extract_command(
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
     device: str = opt.Device,
+    decoder: str = opt.Decoder,
     compile: Optional[bool] = opt.Compile,
     dtype: str = opt.Dtype,
     compression: Optional[str] = opt.Compression,
@@ -55,7 +61,7 @@ def extract_command(
     """Extract clip features (and static clips) of every video into STORE; re-runs resume.
 
     Under torchrun (WORLD_SIZE > 1) each rank extracts its share into STORE.shards/ and rank 0
-    merges them into STORE (README "Running on many GPUs and nodes")."""
+    merges them into STORE (docs/distributed.md)."""
     from anonfeat import distributed
     from anonfeat.extract import ExtractOptions
 
@@ -63,6 +69,6 @@ def extract_command(
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress,
-                             compile=compile)
+                             compile=compile, decoder=decoder)
     result = distributed.extract_sharded(videos, out, options, adapter=adapter, keep_shards=keep_shards)
     finish_store_command(result)

@@ -87,9 +87,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, lossless: bool
 
 
 def read_frames(path: str | Path):
-    """Yield every frame of a video as RGB uint8 (H, W, 3) at its native size, in decode order."""
-    import av
+    """Yield every frame of a video as RGB uint8 (H, W, 3) at its native size, in decode order,
+    upright (the display rotation applied, as every reader of anonfeat sees them)."""
+    from anonfeat.video.reader import iter_upright_frames
 
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
+    yield from iter_upright_frames(path)
