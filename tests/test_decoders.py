@@ -181,8 +181,8 @@ def test_training_clips_fall_back_per_video(mixed_codecs):
     from anonfeat.video.discover import find_videos
 
     items = find_videos(mixed_codecs)
-    videos = LabelledVideos(items, np.zeros(len(items), dtype=np.int64), np.zeros((len(items), 0), np.float32),
-                            ["x"], [], 0, 0)
+    videos = LabelledVideos(items, [item.key for item in items], np.zeros(len(items), dtype=np.int64),
+                            np.zeros((len(items), 0), np.float32), ["x"], [], 0, 0)
     standin = H264OnlyDecoder()
     plain = TrainingClips(videos, 16, 1, 112, augment=False)
     routed = TrainingClips(videos, 16, 1, 112, augment=False, decoder=standin)
