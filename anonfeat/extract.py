@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anonfeat.device import CompiledForward, autocast, resolve_device, use_compile
-from anonfeat.encoders import frame_resize
+from anonfeat.encoders import family_of, frame_resize
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.heap import HeapTrimmer
@@ -241,7 +241,7 @@ def store_header(cfg: EncoderConfig, checkpoint_sha256: str, sampling: Sampling,
 def check_clip_len(clip_len: int | None, cfg: EncoderConfig) -> None:
     """Before any header is written: a video ViT takes clips of exactly its frame count (its tubelets
     and position table are fixed); other lengths would fail on the first batch."""
-    if clip_len is not None and cfg.family == "videomae" and clip_len != cfg.clip_len:
+    if clip_len is not None and family_of(cfg).video_vit and clip_len != cfg.clip_len:
         raise AnonfeatError(f"--clip-len {clip_len}: encoder {cfg.name} takes clips of exactly {cfg.clip_len} "
                             "frames; leave --clip-len out (use --frame-stride to span more time)")
 
