@@ -11,11 +11,12 @@ import torch
 
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
-from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for,
+from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, check_options, sampling_for,
                               store_header, write_store)
 from anonfeat.options import with_overrides
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
+from anonfeat.sharding import run_store_command
 from anonfeat.store import StoreHeader, VideoRecord
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.sampling import Sampling
@@ -93,7 +94,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     trained = loaded.info.get("sampling", {})
     if options.frame_stride is None:
         options.frame_stride = int(trained.get("frame_stride", 4))
-    _check_options(options)
+    check_options(options)
     cfg = loaded.config
     if options.clip_len not in (None, cfg.encoder.clip_len):
         raise AnonfeatError(f"--clip-len {options.clip_len}: pruner {loaded.path.name} takes clips of "
@@ -107,11 +108,9 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
 
 def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
                   options: PruneOptions | None = None, keep_shards: bool = False, **overrides) -> ExtractResult:
-    """`anonfeat prune` under any launcher (anonfeat.distributed.run_store_command): one process as
+    """`anonfeat prune` under any launcher (anonfeat.sharding.run_store_command): one process as
     `prune`; under torchrun each rank prunes its share into a shard and rank 0 merges them. The pruner
     is loaded once per process."""
-    from anonfeat import distributed
-
     options = with_overrides(options, PruneOptions, overrides)
     loaded: dict[str, LoadedPruner] = {}
 
@@ -120,4 +119,4 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
             loaded["pruner"] = load_pruner(pruner, resolve_device(opts.device))
         return prune(items, path, loaded["pruner"], opts)
 
-    return distributed.run_store_command(source, out, options, run, keep_shards=keep_shards)
+    return run_store_command(source, out, options, run, keep_shards=keep_shards)

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from anonfeat.errors import VideoError
+from anonfeat.errors import VideoError, first_line
 
 # Frames above this many pixels are refused before any frame is decoded (one decoded 8192x8192
 # frame is 200 MB; a hostile header can claim far more). ANONFEAT_MAX_PIXELS overrides it.
@@ -115,7 +115,7 @@ class FrameReader:
         except VideoError:
             raise
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
-            raise VideoError(f"cannot decode: {_first_line(exc)}") from None
+            raise VideoError(f"cannot decode: {first_line(exc)}") from None
         _check_size(self.path, height, width)
         self.info = VideoInfo(n_frames=n_frames, fps=fps, height=height, width=width)
         self._out_h, self._out_w = decode_size(height, width, input_size, resize)
@@ -139,7 +139,7 @@ class FrameReader:
             self._reader = _import_decord().VideoReader(str(self.path), width=self._out_w, height=self._out_h,
                                                         num_threads=self._num_threads)
         except Exception as exc:
-            raise VideoError(f"cannot decode: {_first_line(exc)}") from None
+            raise VideoError(f"cannot decode: {first_line(exc)}") from None
 
     def _decode(self, indices: list[int]) -> np.ndarray:
         """(len(indices), h, w, 3) uint8 for sorted, unique frame indices."""
@@ -153,7 +153,7 @@ class FrameReader:
         try:
             return self._reader.get_batch(indices).asnumpy()
         except Exception as exc:
-            raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}") from None
+            raise VideoError(f"decoding failed near frame {indices[0]}: {first_line(exc)}") from None
 
     def close(self) -> None:
         """Release the decoders now (the frame cache is dropped too)."""
@@ -310,8 +310,3 @@ def _native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
