@@ -57,10 +57,10 @@ def list_encoders() -> list[EncoderConfig]:
 
 
 def _load_timm_checkpoint(model: nn.Module, path: Path) -> str:
-    from anonfeat.encoders.checkpoints import _names, _strip_prefixes, read_checkpoint
+    from anonfeat.encoders.checkpoints import key_list, read_checkpoint, strip_prefixes
 
     ckpt = read_checkpoint(path)
-    state = _strip_prefixes(ckpt.state_dict, drop=())  # keep head.norm & co. that timm models own
+    state = strip_prefixes(ckpt.state_dict, drop=())  # keep head.norm & co. that timm models own
     inner = model.model
     expected = inner.state_dict()
     heads = ("fc.", "head", "classifier.")
@@ -69,7 +69,7 @@ def _load_timm_checkpoint(model: nn.Module, path: Path) -> str:
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise AnonfeatError(f"{path}: checkpoint does not fit timm model {model.config.timm_model}: "
-                            f"missing keys {_names(missing)}; unexpected keys {_names(unexpected)}")
+                            f"missing keys {key_list(missing)}; unexpected keys {key_list(unexpected)}")
     try:
         inner.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anonfeat.encoders.config import TIMM_PREFIX, EncoderConfig
+from anonfeat.encoders.config import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, EncoderConfig
 from anonfeat.errors import AnonfeatError
 
 
@@ -37,8 +37,8 @@ def timm_config(model_name: str, num_frames: int = 16) -> EncoderConfig:
         tubelet_size=1,
         img_size=int(height),
         num_frames=num_frames,
-        mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", IMAGENET_STD)),
         timm_model=model_name,
     )
 

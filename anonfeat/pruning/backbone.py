@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anonfeat.encoders.config import TIMM_PREFIX, EncoderConfig
+from anonfeat.encoders.config import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.pruning.model import PrunerConfig, TubeletPruner
 
@@ -45,8 +45,8 @@ def inflate_timm_vit(vit: nn.Module, name: str, num_frames: int = 16, tubelet_si
         num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim, patch_size=patch,
         tubelet_size=tubelet_size, img_size=img, num_frames=num_frames, qkv_bias=block.attn.qkv.bias is not None,
         final_norm="norm", layer_norm_eps=block.norm1.eps, init_values=1e-5 if layer_scale else 0.0,
-        mean=tuple(float(v) for v in cfg_data.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(float(v) for v in cfg_data.get("std", (0.229, 0.224, 0.225))))
+        mean=tuple(float(v) for v in cfg_data.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in cfg_data.get("std", IMAGENET_STD)))
     source = {k: v.detach() for k, v in vit.state_dict().items()}
     kernel = source["patch_embed.proj.weight"]
     state = {
