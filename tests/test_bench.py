@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 import anonfeat.cli.bench  # noqa: F401  (registers the command)
 from anonfeat.bench import (RESULT_KEYS, encoder_flops_per_clip, extract_peak_rss, overlap_bound, parse_size,
-                            run_bench, targets, write_bench_video)
+                            run_bench, targets)
+from anonfeat.synth import write_texture_video
 from anonfeat.cli import app
 from anonfeat.errors import AnonfeatError
 
@@ -99,7 +100,7 @@ def test_peak_rss_reports_failures(tmp_path):
 
 
 def test_generated_video_decodes_to_the_requested_shape(tmp_path):
-    path = write_bench_video(tmp_path / "v.mp4", 45, 96, 64, fps=30.0, seed=3)
+    path = write_texture_video(tmp_path / "v.mp4", 45, 96, 64, fps=30.0, seed=3)
     reader = decord.VideoReader(str(path))
     assert len(reader) == 45 and reader[0].shape == (64, 96, 3)
     frames = reader.get_batch([0, 1, 44]).asnumpy()
@@ -170,10 +171,10 @@ def test_poller_counts_workers_once_and_never_exec_helpers():
     import sys
     import time
 
-    from anonfeat.bench import _TreePoller
+    from anonfeat.bench.memory import TreePoller
 
     proc = subprocess.Popen([sys.executable, "-c", _TREE])
-    poller = _TreePoller(proc.pid, private_interval=0.05)
+    poller = TreePoller(proc.pid, private_interval=0.05)
     while proc.poll() is None:
         poller.poll()
         time.sleep(0.005)
