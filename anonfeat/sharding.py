@@ -38,6 +38,7 @@ from anonfeat.errors import AnonfeatError
 from anonfeat.extract import ExtractOptions, TransformMaker, extract
 from anonfeat.options import with_overrides
 from anonfeat.store import FeatureStore, check_compatible
+from anonfeat.video.decoders import select_decoder
 from anonfeat.video.discover import find_videos
 
 
@@ -247,6 +248,8 @@ def run_sharded(videos: Sequence, out: str | os.PathLike, run_one_shard: ShardFn
                             skipped=sorted(done | {k for res in results for k in res.skipped}),
                             failed=dict(sorted(failed.items())), clips=sum(res.clips for res in results),
                             seconds=time.perf_counter() - started)
+            if hasattr(final, "decoder_fallbacks"):  # videos each rank's decoder left to the CPU path
+                final.decoder_fallbacks = sorted(k for res in results for k in res.decoder_fallbacks)
             if not keep_shards:
                 shutil.rmtree(directory, ignore_errors=True)
             final = ("ok", final)
@@ -300,6 +303,7 @@ def extract_sharded(source: str | os.PathLike | Iterable, out: str | os.PathLike
     per process however many stores it writes. `transform`: as `extract`'s (e.g. an adapter's,
     `anonfeat.adapter.sanitize.adapter_transform`)."""
     options = with_overrides(options, ExtractOptions, overrides)
+    select_decoder(options.decoder, resolve_device(options.device))  # --decoder refused before any work
     loaded: dict = {}
 
     def run(items: list, path: Path, opts):

@@ -90,8 +90,8 @@ def ws(video_dir, tmp_path_factory) -> Workspace:
     sanitized = root / "sanitized.h5"
     sanitize_store(raw, adapter, sanitized, progress=False)
     torch.manual_seed(0)
-    model, _ = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
-    pruner = save_pruner(model, root / "pruner.safetensors", {"sampling": {"frame_stride": 2}})
+    model, backbone = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
+    pruner = save_pruner(model, root / "pruner.safetensors", {"backbone": backbone, "sampling": {"frame_stride": 2}})
     pruned = root / "pruned.h5"
     assert prune(videos, pruned, pruner, PruneOptions(**PRUNE_OPTIONS)).exit_code == 3
     return Workspace(videos, raw, adapter, sanitized, pruner, pruned)
@@ -197,6 +197,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_sigkill_at_every_point_then_rerun_gives_the_uninterrupted_store(ws, tmp_path, name):
     command = COMMANDS[name]
@@ -212,7 +213,7 @@ def test_sigkill_at_every_point_then_rerun_gives_the_uninterrupted_store(ws, tmp
     assert_stores_equal(out, reference)
 
 
-def test_hook_points_are_inert_until_installed_and_kill_specs_are_checked():
+def test_hook_points_are_inert_until_installed_and_kill_specs_are_checked(monkeypatch):
     import killpoints
 
     from anonfeat import hooks
@@ -227,6 +228,24 @@ def test_hook_points_are_inert_until_installed_and_kill_specs_are_checked():
     assert seen == [("write", "a.mp4")]
     with pytest.raises(ValueError, match="unknown hook point"):
         hooks.install("nowhere", print)
+
+    class Killed(Exception):
+        pass
+
+    def kill_run():
+        raise Killed
+
+    monkeypatch.setattr(killpoints, "_kill_run", kill_run)  # what SIGKILL would do, as an exception here
+    disarm = killpoints.arm("written:3")
+    try:
+        for point in ("decode", "write", "write-datasets", "write-mark") * 3:
+            hooks.fire(point, "a.mp4")  # armed for another point: not counted
+        hooks.fire("written", "a.mp4")
+        hooks.fire("written", "b.mp4")  # only its own point counts...
+        with pytest.raises(Killed):
+            hooks.fire("written", "c.mp4")  # ... and the third kills
+    finally:
+        disarm()
     for bad in ("nowhere:1", "write", "write:0", "write:x"):
         with pytest.raises(ValueError, match="POINT:N"):
             killpoints.parse(bad)
@@ -253,6 +272,7 @@ def _first_two(ws: Workspace, out: Path) -> None:
 NO_WORKERS = [*EXTRACT_FLAGS, "--workers", "0"]
 
 
+@pytest.mark.integration
 def test_full_disk_stops_with_one_line_and_keeps_completed_videos(ws, tmp_path):
     """The file cannot grow (ulimit -f): the next video is refused before HDF5 writes anything."""
     out = tmp_path / "full.h5"
@@ -271,6 +291,7 @@ def test_full_disk_stops_with_one_line_and_keeps_completed_videos(ws, tmp_path):
     assert_stores_equal(out, ws.raw)
 
 
+@pytest.mark.integration
 def test_disk_full_inside_an_hdf5_write_is_survived_like_a_crash(ws, tmp_path):
     """Without the space check (margin 0, a disk filled by someone else meanwhile), the write fails
     inside HDF5, which may crash the process; the file is then as after a kill."""
@@ -363,6 +384,7 @@ def test_permission_denied_is_one_line_and_the_store_still_opens(ws, tmp_path, m
 
 
 # -- inspect --verify ------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_verify_accepts_sound_stores(ws, tmp_path):
     for path in (ws.raw, ws.sanitized):
         with FeatureStore(path) as store:
@@ -415,6 +437,7 @@ def test_verify_names_each_problem(ws, tmp_path, case):
     assert [p.key for p in problems] == [key] and needle in problems[0].message, problems
 
 
+@pytest.mark.integration
 def test_cli_verify_reports_problems_with_exit_4_and_json(ws, tmp_path):
     path = tmp_path / "bad.h5"
     shutil.copy(ws.raw, path)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from anonfeat.errors import AnonfeatError
 
+METHODS = ("aam", "leace")
 PRIVACY_LOSSES = ("ntxent", "attributes", "both")
 ATTRIBUTE_LOSSES = ("decorrelate", "grl")
 
@@ -14,6 +15,7 @@ ATTRIBUTE_LOSSES = ("decorrelate", "grl")
 class AdapterTrainOptions:
     """Flags of `anonfeat train-adapter`; defaults and their meaning: docs/cli.md#train-adapter."""
 
+    method: str = "aam"  # "aam" (the trained adapter) or "leace" (closed-form linear eraser of --attributes)
     tasks: tuple[str, ...] = ("action",)
     attributes: list[str] | None = None
     privacy_loss: str = "ntxent"
@@ -35,10 +37,13 @@ class AdapterTrainOptions:
     max_clips: int = 32  # clips per video per step (a random window), bounds memory on long videos
     val_fraction: float = 0.15
     seed: int = 0
+    split_seed: int = 0  # seed of the derived split when the labels have no split column
     device: str = "auto"
     progress: bool = True
 
     def validate(self) -> None:
+        if self.method not in METHODS:
+            raise AnonfeatError(f"--method {self.method!r}: choose aam or leace")
         if self.privacy_loss not in PRIVACY_LOSSES:
             raise AnonfeatError(f"--privacy-loss {self.privacy_loss!r}: choose ntxent, attributes or both")
         if self.attr_loss not in ATTRIBUTE_LOSSES:

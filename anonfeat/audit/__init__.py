@@ -8,12 +8,12 @@ ordinary clips, which can leak where static clips do not); the headline cMAP is 
 A linear probe measures utility on the same splits and seeds.
 """
 
+from anonfeat.audit.report import audit_figure, plot, render_table, report_json, write_json
 from anonfeat.probes.attackers import ATTACKERS, build_attacker, build_probe
-from anonfeat.audit.report import plot, render_table, report_json, write_json
 from anonfeat.audit.runner import (AttackResult, AuditOptions, AuditReport, StoreResult, audit_store,
                                    audit_stores)
 
 __all__ = [
     "ATTACKERS", "AttackResult", "AuditOptions", "AuditReport", "StoreResult", "audit_store", "audit_stores",
-    "build_attacker", "build_probe", "plot", "render_table", "report_json", "write_json",
+    "audit_figure", "build_attacker", "build_probe", "plot", "render_table", "report_json", "write_json",
 ]

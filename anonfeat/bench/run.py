@@ -7,7 +7,8 @@ H.264 with a keyframe every 2 s), with the same encoder, batch size and sampling
 - encode_cps:   the encoder alone on ready, normalized clip batches;
 - e2e_cps:      `anonfeat.extract.extract` into a fresh HDF5 store;
 - naive_cps:    the way common extraction scripts work (anonfeat.bench.naive): one video at a time,
-                each clip decoded on its own at full resolution (decord `get_batch`, which seeks), resized with
+                each clip decoded on its own at full resolution (decord `get_batch`, which seeks; PyAV
+                seeking to the clip's keyframe when decord is not installed: settings.naive_decoder), resized with
                 `F.interpolate`, one clip per fp32 forward pass, each feature written as it comes;
 - sanitize_cps: the anonymizing adapter (random weights) over the features cached in the e2e store,
                 many videos per padded forward pass as `anonfeat sanitize` does (one video per pass,
@@ -38,13 +39,13 @@ from typing import Callable, Iterator
 import torch
 
 from anonfeat.bench.memory import extract_peak_rss
-from anonfeat.bench.naive import naive_extract
+from anonfeat.bench.naive import naive_decoder_name, naive_extract
 from anonfeat.errors import AnonfeatError
 from anonfeat.options import with_overrides
 from anonfeat.synth import write_texture_video
 
 RESULT_KEYS = ("decode_cps", "encode_cps", "e2e_cps", "naive_cps", "sanitize_cps", "speedup_vs_naive",
-               "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device")
+               "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device", "decoder")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common cards, matched on the device name.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0,
@@ -77,6 +78,7 @@ class BenchOptions:
     threads: int | None = None  # torch intra-op threads of this process (None: leave torch's choice)
     peak_tflops: float | None = None  # bf16 peak of the GPU (None: looked up from its name)
     compile: bool | None = None  # torch.compile the encoder (None: as extract, on CUDA only)
+    decoder: str = "auto"  # --decoder of decode-only, e2e and the memory runs (anonfeat.video.decoders)
 
 
 @dataclass
@@ -129,18 +131,11 @@ def bench_long_video(root: Path, seconds: float, width: int, height: int, fps: f
 
 # -- FLOPs ----------------------------------------------------------------------------------------
 def encoder_flops_per_clip(cfg) -> float:
-    """Forward FLOPs (2 x multiply-adds) of one clip through a VideoMAE-style ViT.
+    """Forward FLOPs (2 x multiply-adds) of one clip, as the encoder's family counts them (NaN where
+    it has no formula); see EncoderFamily.flops_per_clip."""
+    from anonfeat.encoders.families import family_of
 
-    Counted: tubelet embedding, per block qkv + attention scores + attention x values + projection
-    + the two MLP layers. Not counted (< 1%): norms, softmax, GELU, biases, pooling.
-    """
-    if cfg.family != "videomae":
-        return float("nan")
-    n, d, hidden = cfg.num_tokens, cfg.embed_dim, cfg.mlp_hidden
-    t, p, _ = cfg.tubelet
-    embed = 2 * n * d * 3 * t * p * p
-    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-    return float(embed + cfg.depth * per_block)
+    return family_of(cfg).flops_per_clip(cfg)
 
 
 def bf16_peak_tflops(device: torch.device) -> float | None:
@@ -177,8 +172,11 @@ def _median(values: list[float]) -> float:
 
 
 # -- the phases -----------------------------------------------------------------------------------
-def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, device: torch.device) -> tuple[int, float]:
-    """(clips, seconds) through the extract loader and `to_clips`, without the encoder."""
+def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, device: torch.device,
+                decoder=None) -> tuple[int, float]:
+    """(clips, seconds) through the extract loader (`decoder`, default the CPU path) and `to_clips`,
+    without the encoder."""
+    from anonfeat.encoders import frame_resize
     from anonfeat.extract import clip_loader
     from anonfeat.video.stream import ClipChunk, to_clips
 
@@ -188,7 +186,8 @@ def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, d
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     clips = 0
     started = time.perf_counter()
-    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device):
+    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device,
+                               frame_resize(cfg, sampling.resize), decoder):
         if isinstance(message, ClipChunk):
             frames = message.frames.to(device, non_blocking=True)
             index = message.index.to(device, non_blocking=True)
@@ -227,7 +226,8 @@ def end_to_end(items: list, store: Path, encoder, options: BenchOptions, samplin
     if store.exists():
         store.unlink()
     opts = ExtractOptions(batch_size=options.batch_size, workers=options.workers, device=options.device,
-                          dtype="float16", progress=False, compile=options.compile, **sampling_kw)
+                          dtype="float16", progress=False, compile=options.compile, decoder=options.decoder,
+                          **sampling_kw)
     result = extract(items, store, opts, encoder=encoder)
     if result.failed:
         raise AnonfeatError(f"bench extraction failed: {result.failed}")
@@ -324,6 +324,9 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
     width, height = parse_size(options.size)
     long_w, long_h = parse_size(options.long_size)
     device = resolve_device(options.device)
+    from anonfeat.video.decoders import select_decoder
+
+    decoder = select_decoder(options.decoder, device)  # refused here, before any video is generated
     compiled = use_compile(options.compile, device)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -344,7 +347,8 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         n_clips = 0
         for r in range(options.repeats):
             log(f"round {r + 1}/{options.repeats}: decode-only")
-            clips, seconds = decode_only(items, sampling, encoder, options.batch_size, options.workers, device)
+            clips, seconds = decode_only(items, sampling, encoder, options.batch_size, options.workers, device,
+                                         decoder)
             samples.decode.append(clips / seconds)
             n_clips = clips
             log(f"round {r + 1}/{options.repeats}: encode-only")
@@ -367,7 +371,8 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         if not options.skip_memory:
             mem_opts = dict(encoder=cfg.name, checkpoint=None if options.checkpoint is None else str(options.checkpoint),
                             random_init=options.checkpoint is None, batch_size=options.batch_size,
-                            workers=options.workers, device=options.device, progress=False, **sampling_kw)
+                            workers=options.workers, device=options.device, progress=False,
+                            decoder=options.decoder, **sampling_kw)
             for name, seconds in (("short", options.short_seconds), ("long", options.long_seconds)):
                 video = bench_long_video(cache, seconds, long_w, long_h, options.fps, log)
                 log(f"peak memory: extract on the {name} video ({seconds:g} s {long_w}x{long_h})")
@@ -387,6 +392,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         "rss_short_mb": memory["short"]["rss_mb"] if memory else None,
         "rss_long_mb": memory["long"]["rss_mb"] if memory else None,
         "device": str(device),
+        "decoder": decoder.name,
         "overlap_bound_cps": overlap_bound(decode_cps, encode_cps, device),
         "sanitize_per_video_cps": sanitize_per_video_cps,
         "e2e_decode_wait_s": _median(samples.e2e_decode_wait_s),  # per e2e run, median of the rounds
@@ -413,6 +419,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
             "short_seconds": options.short_seconds, "long_size": f"{long_w}x{long_h}",
             "skip_memory": options.skip_memory, "stored_dtype": "float16",
             "compute_dtype": "bfloat16" if device.type == "cuda" else "float32", "compile": compiled,
+            "naive_decoder": naive_decoder_name(),
         },
         "machine": machine_info(device),
     }

@@ -21,6 +21,9 @@ def train_adapter_command(
     store: Path = typer.Argument(..., help="Raw store with clip and static-clip features (extract --static-clips N)."),
     labels: Path = typer.Option(..., "--labels", "-l", help="Labels CSV (video,split,action,<attributes>)."),
     out: Path = typer.Option(..., "--out", "-o", help="Adapter file to write (.safetensors)."),
+    method: str = typer.Option(D.method, "--method", help="aam (the trained adapter) or leace (closed-form LEACE "
+                               "eraser of the --attributes columns on clip and static-clip rows; the loss flags "
+                               "do not apply)."),
     task: Optional[List[str]] = typer.Option(None, "--task", help="Utility column to co-train (repeatable; default action)."),
     privacy_loss: str = typer.Option(D.privacy_loss, "--privacy-loss", help="ntxent (self-supervised), attributes (GRL on labels) or both."),
     attributes: Optional[str] = typer.Option(None, "--attributes", help="Attribute columns a,b,c for --privacy-loss attributes|both."),
@@ -38,17 +41,18 @@ def train_adapter_command(
     depth: int = typer.Option(D.depth, "--depth", min=1, help="Attention blocks (paper: 3)."),
     heads: int = typer.Option(D.heads, "--heads", min=1, help="Attention heads (paper: 8)."),
     seed: int = typer.Option(D.seed, "--seed"),
+    split_seed: int = opt.SplitSeed,
     device: str = opt.Device,
     progress: bool = opt.Progress,
 ) -> None:
-    """Train an Anonymizing Adapter on a store's train split (no video is decoded).
+    """Train an Anonymizing Adapter (or fit a LEACE eraser) on a store's train split (no video is decoded).
 
     Under torchrun: DistributedDataParallel, --batch-size is the global batch split over the ranks;
     rank 0 writes the adapter (docs/distributed.md)."""
     from anonfeat.adapter.train import train_adapter
 
     options = AdapterTrainOptions(
-        tasks=tuple(task or ("action",)), privacy_loss=privacy_loss,
+        method=method, split_seed=split_seed, tasks=tuple(task or ("action",)), privacy_loss=privacy_loss,
         attributes=[a.strip() for a in attributes.split(",") if a.strip()] if attributes else None,
         pairs=pairs, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_lc=w_lc, w_t=w_t,
         w_b=w_b, w_attr=w_attr, attr_loss=attr_loss, temperature=temperature, depth=depth, heads=heads, seed=seed, device=device,
@@ -59,6 +63,11 @@ def train_adapter_command(
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows not in the store, {report.unmatched_store} store videos unlabelled")
     metrics = report.metrics
+    if "leace" in metrics:
+        fit = metrics["leace"]
+        console.print(f"LEACE eraser of rank {fit['rank']} for {', '.join(fit['attributes'])}, fit on {fit['rows']} "
+                      f"clip and static-clip rows; written to [bold]{report.adapter}[/]")
+        return
     table = Table(title="utility top-1 (trained heads, video level)")
     table.add_column("task")
     for column in ("train raw", "train sanitized", "val raw", "val sanitized"):

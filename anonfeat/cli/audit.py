@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from anonfeat.cli import options as opt
 from anonfeat.cli.app import app, console
 
 
@@ -36,20 +37,25 @@ def audit(
                                                  "task per value of this column and the gap between groups."),
     epochs: int = typer.Option(100, "--epochs", min=1, help="Training epochs of attackers and probes "
                                "(the epoch kept is chosen on validation data)."),
+    split_seed: int = opt.SplitSeed,
+    allow_seen: bool = typer.Option(False, "--allow-seen", help="Audit stores whose anonymizer trained on test "
+                                    "videos (refused by default: their figures flatter them)."),
 ) -> None:
-    """Measure private-attribute leakage (cMAP, lower is better) and utility (top-1) of feature stores."""
+    """Measure private-attribute leakage (cMAP, lower is better) and utility (top-1) of feature stores.
+
+    Attackers and probes are fit on the attacker split (train when the labels have none: figures marked
+    optimistic) and scored on test."""
     from anonfeat.audit import AuditOptions, audit_stores, plot, render_table, write_json
     from anonfeat.audit.report import bias_lines, match_lines
     from anonfeat.labels import load_labels
 
     names = [a.strip() for a in attributes.split(",") if a.strip()] if attributes is not None else None
     options = AuditOptions(attacker=attacker.value, seeds=seeds, epochs=epochs, tasks=tuple(task),
-                           attributes=names, bias_attribute=bias_attribute, device=device)
-    label_set = load_labels(labels, tasks=options.tasks, attributes=names, seed=options.seed,
+                           attributes=names, bias_attribute=bias_attribute, device=device, split_seed=split_seed,
+                           allow_seen=allow_seen)
+    label_set = load_labels(labels, tasks=options.tasks, attributes=names, split_seed=split_seed,
                             keep=[bias_attribute] if bias_attribute else [])
-    if label_set.split_generated:
-        console.print(f"{labels}: no split column; seeded stratified split on {task[0]!r} "
-                      f"({len(label_set.indices('train'))} train / {len(label_set.indices('test'))} test)")
+    console.print(label_set.split_summary(), highlight=False)
     report = audit_stores(stores, label_set, baseline=baseline, options=options,
                           progress=lambda path: console.print(f"auditing {path} ...", highlight=False))
     for line in match_lines(report):

@@ -27,6 +27,7 @@ def bench_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="Weights to load (default: seeded random weights; speed does not depend on them)."),
     device: str = opt.Device,
+    decoder: str = opt.Decoder,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
@@ -57,7 +58,7 @@ def bench_command(
                            clip_stride=clip_stride, repeats=repeats, naive_videos=naive_videos,
                            long_seconds=long_seconds, short_seconds=short_seconds, long_size=long_size,
                            skip_memory=skip_memory, cache_dir=cache_dir, threads=threads, peak_tflops=peak_tflops,
-                           compile=compile)
+                           compile=compile, decoder=decoder)
     result = run_bench(options, log=lambda message: err_console.print(f"[dim]bench:[/] {message}", highlight=False))
     s = result["settings"]
     samples = result["samples"]
@@ -68,7 +69,7 @@ def bench_command(
 
     table = Table(title=f"anonfeat bench: {s['encoder']} {s['input']}, batch {s['batch_size']}, "
                         f"{s['workers']} worker(s), stride {s['frame_stride']}/{s['clip_stride']}, "
-                        f"{result['device']}{', compiled' if s['compile'] else ''}")
+                        f"{result['device']}{', compiled' if s['compile'] else ''}, decoder {result['decoder']}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("unit")

@@ -18,6 +18,11 @@ def finish_store_command(result) -> None:
         raise typer.Exit(0)
     console.print(f"[bold]{result.store}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
                   f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
+    fallbacks = getattr(result, "decoder_fallbacks", [])
+    if fallbacks:
+        shown = ", ".join(fallbacks[:5]) + (", ..." if len(fallbacks) > 5 else "")
+        console.print(f"  {len(fallbacks)} videos decoded on the CPU (fallback: the {result.decoder} decoder "
+                      f"cannot decode their stream): {shown}", highlight=False)
     for key, error in sorted(result.failed.items()):
         console.print(f"  [red]failed[/] {key}: {error}", highlight=False)
     raise typer.Exit(result.exit_code)
@@ -39,6 +44,7 @@ def extract_command(
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
     device: str = opt.Device,
+    decoder: str = opt.Decoder,
     compile: Optional[bool] = opt.Compile,
     dtype: str = opt.Dtype,
     compression: Optional[str] = opt.Compression,
@@ -57,7 +63,7 @@ def extract_command(
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress,
-                             compile=compile)
+                             compile=compile, decoder=decoder)
     transform = None
     if adapter is not None:  # the pipeline knows no adapter: it gets the transform from here
         from anonfeat.adapter.sanitize import adapter_transform

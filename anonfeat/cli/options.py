@@ -10,9 +10,13 @@ import typer
 Encoder = typer.Option(None, "--encoder", "-e", help="Registry name (see `anonfeat encoders`) or "
                        "timm:<model>; inferred from --checkpoint when omitted.")
 Checkpoint = typer.Option(None, "--checkpoint", "-c", help="Official VideoMAE .pth, Hugging Face "
-                          "directory/.safetensors, or a plain state dict.", exists=False)
+                          "directory/.safetensors, mmaction2 .pth, a plain state dict, or a Hugging Face id "
+                          "org/name[@revision] (cache first; HF_HOME, HF_HUB_OFFLINE apply). With timm:<model>: "
+                          "a weights file, or `pretrained` for timm's own weights.", exists=False)
 RandomInit = typer.Option(False, "--random-init", help="Use seeded random weights (tests and demos only).")
 Device = typer.Option("auto", "--device", help="auto, cpu or cuda:N.")
+Decoder = typer.Option("auto", "--decoder", help="Video decoding: cpu (PyAV), gpu (NVDEC; not in this build) "
+                       "or auto (gpu when the device is CUDA and the gpu decoder is installed, else cpu).")
 BatchSize = typer.Option(16, "--batch-size", "-b", min=1, help="Clips per forward pass.")
 Workers = typer.Option(1, "--workers", "-w", min=0, help="Decoding worker processes (0: decode in the main process).")
 Compile = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder (default: on "
@@ -22,6 +26,9 @@ Progress = typer.Option(True, "--progress/--no-progress", help="Show a progress 
 StaticClips = typer.Option(0, "--static-clips", min=0, help="Also store N static clips per video "
                            "(one frame repeated), needed by train-adapter and audit.")
 Json = typer.Option(False, "--json", help="Print JSON instead of a table.")
+SplitSeed = typer.Option(0, "--split-seed", help="Seed of the train/attacker/test split (50/25/25, stratified on "
+                         "action) derived when the labels have no split column; every command derives the same "
+                         "one from the same labels and seed. Separate from --seed.")
 OptionalPath = Optional[Path]
 
 # Clip sampling, shared by extract and prune.

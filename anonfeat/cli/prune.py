@@ -56,7 +56,9 @@ def train_pruner_command(
     resize: str = opt.Resize,
     flip: bool = typer.Option(D.flip, "--flip/--no-flip", help="Mirror clips at random (not for left/right actions)."),
     workers: int = opt.Workers,
+    decoder: str = opt.Decoder,
     seed: int = typer.Option(D.seed, "--seed"),
+    split_seed: int = opt.SplitSeed,
     device: str = opt.Device,
     progress: bool = opt.Progress,
 ) -> None:
@@ -70,13 +72,16 @@ def train_pruner_command(
         keep_rates=_numbers(keep, float, "--keep"), lam=lam, train_blocks=train_blocks, epochs=epochs,
         warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_privacy=w_privacy, temperature=temperature,
         clip_len=clip_len, frame_stride=frame_stride, resize=resize, flip=flip, workers=workers, seed=seed,
-        device=device, progress=progress)
+        split_seed=split_seed, device=device, decoder=decoder, progress=progress)
     report = train_pruner(videos, labels, out, options)
     if not report.is_main:  # other ranks of a torchrun job: rank 0 reports
         return
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows without a video, {report.unmatched_videos} videos unlabelled, "
                   f"{report.failed_videos} clips failed to decode")
+    if report.decoder_fallbacks:
+        console.print(f"{report.decoder_fallbacks} clips decoded on the CPU (fallback: --decoder could not "
+                      "decode their video)")
     val, unpruned = report.metrics.get("val", {}), report.metrics.get("val_unpruned", {})
     if val:
         table = Table(title="validation videos (centre clip)")
@@ -97,12 +102,22 @@ def prune_command(
     out: Path = typer.Option(..., "--out", "-o", help="HDF5 store to create or resume."),
     keep_ratio: Optional[float] = typer.Option(None, "--keep-ratio", help="Keep rate for every pruning block "
                                                "(overrides the trained schedule; 1.0 prunes nothing)."),
-    save_videos: Optional[Path] = typer.Option(None, "--save-videos", help="Write anonymized mp4s here "
-                                               "(dropped tubelets black, source resolution)."),
+    features: str = typer.Option("masked", "--features",
+                                 help="masked: the source encoder's features of the clips with dropped tubelets "
+                                      "black (what the anonymized video gives); action-cls: the pruner's own "
+                                      "action-CLS features."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+                                              help="Weights of the encoder the pruner was built from (default: "
+                                                   "the path recorded in the pruner file; sha256 checked)."),
+    save_videos: Optional[Path] = typer.Option(None, "--save-videos", help="Write anonymized videos here as "
+                                               "DIR/<relative path>.mp4 (H.264, source resolution, no audio)."),
+    fill: str = typer.Option("black", "--fill", help="How dropped tubelets look in saved videos: black, blur or "
+                                                     "pixelate (pixels the model never saw stay black)."),
+    lossless: bool = typer.Option(False, "--lossless", help="Saved videos as lossless yuv444p H.264 (qp 0) instead "
+                                                            "of yuv420p CRF 18 (which most players need)."),
     save_heatmaps: Optional[Path] = typer.Option(None, "--save-heatmaps", help="Write score-map PNGs here."),
     clip_len: Optional[int] = opt.ClipLen,
-    frame_stride: Optional[int] = typer.Option(None, "--frame-stride", min=1,
-                                               help="Frames between a clip's frames (default: the pruner's training)."),
+    frame_stride: int = opt.FrameStride,
     clip_stride: Optional[int] = opt.ClipStride,
     num_clips: Optional[int] = opt.NumClips,
     static_clips: int = opt.StaticClips,
@@ -110,12 +125,15 @@ def prune_command(
     batch_size: int = opt.BatchSize,
     workers: int = opt.Workers,
     device: str = opt.Device,
+    decoder: str = opt.Decoder,
     dtype: str = opt.Dtype,
     compression: Optional[str] = opt.Compression,
     progress: bool = opt.Progress,
     keep_shards: bool = opt.KeepShards,
 ) -> None:
-    """Pruned features (action CLS) of every video into STORE, in extract's layout; re-runs resume.
+    """Pruned features of every video into STORE, in extract's layout and sampling; re-runs resume.
+
+    By default the features are the source encoder's on the masked clips (dropped tubelets black).
 
     Under torchrun each rank prunes its share into STORE.shards/ and rank 0 merges them."""
     from anonfeat.pruning.run import PruneOptions, prune_sharded
@@ -123,5 +141,6 @@ def prune_command(
     options = PruneOptions(clip_len=clip_len, frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                            static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                            device=device, dtype=dtype, compression=compression, progress=progress,
-                           keep_ratio=keep_ratio, save_videos=save_videos, save_heatmaps=save_heatmaps)
+                           keep_ratio=keep_ratio, features=features, checkpoint=checkpoint, save_videos=save_videos,
+                           fill=fill, lossless=lossless, save_heatmaps=save_heatmaps, decoder=decoder)
     finish_store_command(prune_sharded(videos, out, pruner, options, keep_shards=keep_shards))

@@ -16,12 +16,14 @@ def synth_command(
     size: int = typer.Option(128, "--size", min=16, help="Frame height and width in pixels."),
     frames: int = typer.Option(48, "--frames", min=1, help="Frames per video."),
     fps: float = typer.Option(24.0, "--fps", min=1.0),
-    test_fraction: float = typer.Option(0.5, "--test-fraction", min=0.0, max=1.0),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Write a synthetic benchmark: appearance carries private attributes, motion the action."""
+    """Write a synthetic benchmark: appearance carries private attributes, motion the action.
+
+    labels.csv splits each action 50/25/25 into train (anonymizers), attacker (the audit's attackers
+    and probes) and test."""
     from anonfeat.synth import make_benchmark
 
     labels = make_benchmark(out_dir, n_videos=videos, size=(size, size), n_frames=frames, fps=fps,
-                            test_fraction=test_fraction, seed=seed, progress=True)
+                            seed=seed, progress=True)
     console.print(f"wrote {videos} videos under {out_dir / 'videos'} and {labels}")

@@ -35,7 +35,9 @@ class PrunerTrainOptions:
     workers: int = 2
     val_fraction: float = 0.15
     seed: int = 0
+    split_seed: int = 0  # seed of the derived split when the labels have no split column
     device: str = "auto"
+    decoder: str = "auto"  # auto, cpu or gpu (anonfeat.video.decoders)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
