@@ -39,8 +39,9 @@ import h5py
 import numpy as np
 
 from anonfeat.encoders.config import EncoderConfig
-from anonfeat.errors import AnonfeatError
-from anonfeat.killpoints import kill_point
+from anonfeat import hooks
+from anonfeat._version import __version__
+from anonfeat.errors import AnonfeatError, first_line
 
 FORMAT_VERSION = 1
 VIDEOS = "videos"
@@ -70,8 +71,6 @@ class StoreHeader:
     anonymizer_videos: tuple[str, ...] | None = None
 
     def to_attrs(self) -> dict[str, object]:
-        from anonfeat import __version__
-
         return {
             "format_version": FORMAT_VERSION,
             "anonfeat_version": __version__,
@@ -166,7 +165,7 @@ class FeatureStore:
                 raise AnonfeatError(f"{self.path}: the file ends before the end its header records (a write "
                                     "failed, e.g. the disk filled up); re-run the command that wrote it, which "
                                     "restores the missing end, then check with `anonfeat inspect --verify`") from None
-            raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({_first_line(exc)}); "
+            raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({first_line(exc)}); "
                                 "pass a store made by `anonfeat extract`") from None
         self.mode = mode
         self._header: StoreHeader | None = None
@@ -186,7 +185,7 @@ class FeatureStore:
                 self._file.close()
             except Exception as exc:  # noqa: BLE001 - HDF5 raises OSError/RuntimeError/KeyError here
                 if not failing:
-                    raise AnonfeatError(f"{self.path}: closing the store failed ({_first_line(exc)}); "
+                    raise AnonfeatError(f"{self.path}: closing the store failed ({first_line(exc)}); "
                                         "videos flushed before are intact, re-run to finish") from None
 
     # -- header -------------------------------------------------------------------------------
@@ -280,11 +279,15 @@ class FeatureStore:
             extras=_extra_datasets(group),
         )
 
-    def failures(self) -> dict[str, str]:
-        """{video key: error message} of the videos that could not be processed."""
+    def failures(self, with_source: bool = False) -> dict:
+        """{video key: error message} of the videos that could not be processed; with `with_source`,
+        {video key: (error message, source path)}."""
         if FAILURES not in self._file:
             return {}
         root = self._file[FAILURES]
+        if with_source:
+            return {k: (str(root[k].attrs["error"]), str(root[k].attrs.get("source", "")))
+                    for k in _walk_groups(root, "error")}
         return {k: str(root[k].attrs["error"]) for k in _walk_groups(root, "error")}
 
     # -- writing ------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ class FeatureStore:
     def write_video(self, record: VideoRecord, compression: str | None = None) -> None:
         """Write one video atomically in the protocol's sense: datasets, then `complete`, then flush."""
         self._require_writable()
-        kill_point("write")
+        hooks.fire("write", record.key)
         data_bytes = sum(np.asarray(a).size for a in (record.clip_features, record.static_features) if a is not None)
         extra_bytes = sum(np.asarray(a).nbytes for a in record.extras.values())
         self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + extra_bytes + 16 * len(record.clip_ranges),
@@ -308,7 +311,7 @@ class FeatureStore:
         dtype = np.dtype(self.header.dtype)
         opts = {"compression": compression} if compression else {}
         group.create_dataset("clip_features", data=np.asarray(record.clip_features, dtype=dtype), **opts)
-        kill_point("write-datasets")
+        hooks.fire("write-datasets", record.key)
         group.create_dataset("clip_ranges", data=np.asarray(record.clip_ranges, dtype=np.int64))
         if record.static_features is not None and len(record.static_features):
             group.create_dataset("static_features", data=np.asarray(record.static_features, dtype=dtype),
@@ -318,11 +321,11 @@ class FeatureStore:
             group.create_dataset(name, data=np.asarray(value), **opts)
         for name, value in record.attrs.items():
             group.attrs[name] = value
-        kill_point("write-mark")
+        hooks.fire("write-mark", record.key)
         group.attrs["complete"] = True
         self._drop(FAILURES, record.key)
         self._file.flush()
-        kill_point("written")
+        hooks.fire("written", record.key)
 
     def check_space(self, nbytes: int, what: str) -> None:
         """Raise OSError(ENOSPC/EFBIG) unless the disk and the file-size limit leave room for
@@ -564,11 +567,6 @@ def _extend_truncated(path: Path, exc: OSError) -> bool:
 def _not_writable(path: Path) -> bool:
     target = path if path.exists() else path.parent
     return target.exists() and not os.access(target, os.W_OK)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _plain(value):

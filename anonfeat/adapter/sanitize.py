@@ -24,6 +24,19 @@ def sanitized_header(raw: StoreHeader, adapter: LoadedAdapter) -> StoreHeader:
                                anonymizer_videos=adapter.training_videos)
 
 
+def adapter_transform(path: str | Path):
+    """`extract`'s `transform` for the adapter file at `path` (`extract --adapter`): on the run's
+    device, checked against the raw features' header, giving the sanitized header and the
+    per-video feature transform."""
+
+    def make(header: StoreHeader, device: torch.device):
+        loaded = load_adapter(path, device)
+        loaded.check_store(header, f"--encoder {header.encoder}")
+        return sanitized_header(header, loaded), feature_transform(loaded)
+
+    return make
+
+
 def refuse_unchanged(adapter: LoadedAdapter, what: str, raw: np.ndarray, sanitized: np.ndarray) -> None:
     """A sanitized store never holds a raw feature vector: refuse rows the adapter left as they were
     (compared in float16, the coarsest stored precision). An untrained adapter is exactly the

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from anonfeat import __version__
+from anonfeat._version import __version__
 from anonfeat.errors import AnonfeatError
 
 app = typer.Typer(
