@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from anonfeat._version import __version__
 
 _LAZY = {
     "load_encoder": "anonfeat.encoders",

@@ -23,6 +23,24 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def rank_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device of a rank. One process: `spec` as usual. Under a launcher, `auto` and `cuda[:N]`
+    both mean "this rank's GPU", cuda:LOCAL_RANK (one GPU per rank); `cpu` stays on the CPU.
+    With `functools.partial(rank_device, spec)`, the device picker of `anonfeat.comm.init_from_env`."""
+    if world_size <= 1:
+        return resolve_device(spec)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AnonfeatError(f"--device {spec}: no CUDA GPU is visible to rank {local_rank}; use --device cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise AnonfeatError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: "
+                                "start at most one rank per GPU (torchrun --nproc-per-node)")
+        return torch.device("cuda", local_rank)
+    return resolve_device(spec)
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (the encoders are trained in mixed precision); full fp32 on CPU."""
     if device.type == "cuda":

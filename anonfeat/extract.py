@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from anonfeat.device import CompiledForward, autocast, resolve_device, use_compile
 from anonfeat.encoders import family_of, frame_resize
 from anonfeat.encoders.config import EncoderConfig
-from anonfeat.errors import AnonfeatError
+from anonfeat.errors import AnonfeatError, first_line
 from anonfeat.heap import HeapTrimmer
 from anonfeat.options import with_overrides
 from anonfeat.paths import check_outputs
@@ -32,13 +32,22 @@ from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 from anonfeat.video.decoders import DecoderBackend, select_decoder
 from anonfeat.video.discover import VideoItem, check_keys, find_videos
-from anonfeat.video.reader import _first_line
 from anonfeat.video.resize import PilResize
 from anonfeat.video.sampling import Sampling
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
 
 # (clip_features (n, D), static_features (m, D) | None) -> same: the anonymizing adapter.
 FeatureTransform = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+# (raw header, compute device) -> (header of the store written, FeatureTransform): handed in by the
+# caller to rewrite features before they are stored (anonfeat.adapter.sanitize.adapter_transform);
+# it checks the raw features fit it. The pipeline itself knows no adapter. A maker may name the
+# files it reads as `inputs` ({flag: path}); no output is ever written over them.
+TransformMaker = Callable[[StoreHeader, torch.device], tuple[StoreHeader, FeatureTransform]]
+
+
+def transform_inputs(transform: TransformMaker | None) -> dict:
+    """{flag: path} of the files `transform` reads (none when it names none)."""
+    return dict(getattr(transform, "inputs", None) or {})
 FEATURES = "features"
 
 
@@ -101,6 +110,7 @@ class ExtractResult:
     heap_trims: int = 0  # malloc_trim calls of the main process (anonfeat.heap) and their total time
     heap_trim_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)  # e.g. folders that could not be read (their videos are missing)
+    is_main: bool = True  # this process reports the run (rank 0 of a launched job, or the only process)
     decoder: str = "cpu"  # the backend that decoded the run (--decoder resolved)
     decoder_fallbacks: list[str] = field(default_factory=list)  # videos it could not decode: the CPU path did
 
@@ -196,7 +206,7 @@ class StoreWriter:
             try:
                 self.on_video(record)
             except (OSError, ValueError, RuntimeError, AnonfeatError) as exc:  # this video's outputs only
-                error = f"saving outputs failed: {_first_line(exc)}"
+                error = f"saving outputs failed: {first_line(exc)}"
                 self.late_failures[record.key] = error
                 self.store.record_failure(record.key, error, str(record.attrs.get("source", "")))
                 return
@@ -246,7 +256,7 @@ def check_clip_len(clip_len: int | None, cfg: EncoderConfig) -> None:
                             "frames; leave --clip-len out (use --frame-stride to span more time)")
 
 
-def _check_options(options: ExtractOptions) -> None:
+def check_options(options: ExtractOptions) -> None:
     if options.dtype not in ("float16", "float32"):
         raise AnonfeatError(f"--dtype {options.dtype!r}: choose float16 or float32")
     if options.batch_size < 1:
@@ -258,16 +268,17 @@ def _check_options(options: ExtractOptions) -> None:
 
 
 def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: ExtractOptions | None = None,
-            encoder: nn.Module | None = None, adapter: str | Path | None = None, **overrides) -> ExtractResult:
+            encoder: nn.Module | None = None, transform: TransformMaker | None = None, **overrides) -> ExtractResult:
     """Extract features of every video under `source` (folder, list file, or VideoItems) into `out`.
 
     `encoder` may be passed already loaded (the options' encoder/checkpoint are then ignored).
-    With `adapter` (a file from train-adapter) the store receives sanitized features only.
+    With `transform` (e.g. `adapter_transform(path)` of a file from train-adapter) the store receives
+    the transformed (sanitized) features only, under the header it returns.
     """
     options = with_overrides(options, ExtractOptions, overrides)
     check_outputs({"--out": out}, {"VIDEOS": source if isinstance(source, (str, Path)) else None,
-                                   "--adapter": adapter, "--checkpoint": options.checkpoint})
-    _check_options(options)
+                                   "--checkpoint": options.checkpoint, **transform_inputs(transform)})
+    check_options(options)
     device = resolve_device(options.device)
     decoder = select_decoder(options.decoder, device)  # refused here, before any model is loaded
     if encoder is None:
@@ -280,15 +291,10 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     check_clip_len(options.clip_len, cfg)
     sampling = sampling_for(options, cfg.clip_len)
     header = store_header(cfg, encoder.checkpoint_sha256, sampling, options.dtype)
-    transform = None
-    if adapter is not None:
-        from anonfeat.adapter.io import load_adapter
-        from anonfeat.adapter.sanitize import feature_transform, sanitized_header
-
-        loaded = load_adapter(adapter, device)
-        loaded.check_store(header, f"--encoder {cfg.name}")
-        header, transform = sanitized_header(header, loaded), feature_transform(loaded)
-    job = encoder_job(encoder, transform, compile=use_compile(options.compile, device))
+    features = None
+    if transform is not None:
+        header, features = transform(header, device)
+    job = encoder_job(encoder, features, compile=use_compile(options.compile, device))
     return write_store(source, out, header, sampling, job, options, device, decoder)
 
 

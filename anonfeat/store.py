@@ -40,8 +40,9 @@ import h5py
 import numpy as np
 
 from anonfeat.encoders.config import EncoderConfig
-from anonfeat.errors import AnonfeatError
-from anonfeat.killpoints import kill_point
+from anonfeat import hooks
+from anonfeat._version import __version__
+from anonfeat.errors import AnonfeatError, first_line
 from anonfeat.video.discover import key_problem
 
 FORMAT_VERSION = 1
@@ -72,8 +73,6 @@ class StoreHeader:
     anonymizer_videos: tuple[str, ...] | None = None
 
     def to_attrs(self) -> dict[str, object]:
-        from anonfeat import __version__
-
         return {
             "format_version": FORMAT_VERSION,
             "anonfeat_version": __version__,
@@ -124,7 +123,7 @@ class StoreHeader:
             )
         except (KeyError, ValueError, TypeError, AttributeError, AnonfeatError) as exc:
             raise AnonfeatError(f"{path}: not an anonfeat feature store (root attribute {name!r} missing or "
-                                f"malformed: {_first_line(exc)}); extract it with `anonfeat extract`") from None
+                                f"malformed: {first_line(exc)}); extract it with `anonfeat extract`") from None
 
 
 @dataclass
@@ -211,7 +210,7 @@ class FeatureStore:
                                     "failed, e.g. the disk filled up, or the file was cut short); re-run the command "
                                     "that wrote it, which restores a cut-short last write or says that the file "
                                     "cannot be repaired, then check with `anonfeat inspect --verify`") from None
-            raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({_first_line(exc)}); "
+            raise AnonfeatError(f"{self.path}: cannot open as HDF5 ({first_line(exc)}); "
                                 "pass a store made by `anonfeat extract`") from None
 
     # -- context management -------------------------------------------------------------------
@@ -230,7 +229,7 @@ class FeatureStore:
                     self._file.close()
                 except Exception as exc:  # noqa: BLE001 - HDF5 raises OSError/RuntimeError/KeyError here
                     if not failing:
-                        raise AnonfeatError(f"{self.path}: closing the store failed ({_first_line(exc)}); "
+                        raise AnonfeatError(f"{self.path}: closing the store failed ({first_line(exc)}); "
                                             "videos flushed before are intact, re-run to finish") from None
         finally:
             _release(self._lock)
@@ -343,11 +342,15 @@ class FeatureStore:
             extras=_extra_datasets(group),
         )
 
-    def failures(self) -> dict[str, str]:
-        """{video key: error message} of the videos that could not be processed."""
+    def failures(self, with_source: bool = False) -> dict:
+        """{video key: error message} of the videos that could not be processed; with `with_source`,
+        {video key: (error message, source path)}."""
         if FAILURES not in self._file:
             return {}
         root = self._file[FAILURES]
+        if with_source:
+            return {k: (str(root[k].attrs["error"]), str(root[k].attrs.get("source", "")))
+                    for k in _walk_groups(root, "error")}
         return {k: str(root[k].attrs["error"]) for k in _walk_groups(root, "error")}
 
     # -- writing ------------------------------------------------------------------------------
@@ -359,7 +362,7 @@ class FeatureStore:
         """Write one video atomically in the protocol's sense: datasets, then `complete`, then flush."""
         self._require_writable()
         self._check_key(record.key)
-        kill_point("write")
+        hooks.fire("write", record.key)
         dtype = np.dtype(self.header.dtype)
         for name, values in (("clip_features", record.clip_features), ("static_features", record.static_features)):
             with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
@@ -379,7 +382,7 @@ class FeatureStore:
         group = self._file.create_group(path)
         opts = {"compression": compression} if compression else {}
         group.create_dataset("clip_features", data=np.asarray(record.clip_features, dtype=dtype), **opts)
-        kill_point("write-datasets")
+        hooks.fire("write-datasets", record.key)
         group.create_dataset("clip_ranges", data=np.asarray(record.clip_ranges, dtype=np.int64))
         if record.static_features is not None and len(record.static_features):
             group.create_dataset("static_features", data=np.asarray(record.static_features, dtype=dtype),
@@ -389,11 +392,11 @@ class FeatureStore:
             group.create_dataset(name, data=np.asarray(value), **opts)
         for name, value in record.attrs.items():
             group.attrs[name] = value
-        kill_point("write-mark")
+        hooks.fire("write-mark", record.key)
         group.attrs["complete"] = True
         self._drop(FAILURES, record.key)
         self._file.flush()
-        kill_point("written")
+        hooks.fire("written", record.key)
 
     def check_space(self, nbytes: int, what: str) -> None:
         """Raise OSError(ENOSPC/EFBIG) unless the disk and the file-size limit leave room for
@@ -818,18 +821,13 @@ def _repair_cut_short(handle: h5py.File, on_disk: int) -> str:
             if root in handle:
                 list(_walk_groups(handle[root], "complete" if root == VIDEOS else "error"))
     except Exception as exc:  # noqa: BLE001
-        return f"its index of videos no longer reads ({_first_line(exc)})"
+        return f"its index of videos no longer reads ({first_line(exc)})"
     return ""
 
 
 def _not_writable(path: Path) -> bool:
     target = path if path.exists() else path.parent
     return target.exists() and not os.access(target, os.W_OK)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def _plain(value):

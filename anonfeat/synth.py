@@ -1,4 +1,5 @@
-"""A small synthetic privacy benchmark: one cartoon actor per video.
+"""Synthetic videos: a small privacy benchmark with one cartoon actor per video, and plain
+texture videos for throughput measurements (`write_texture_video`, used by `anonfeat bench`).
 
 The actor's APPEARANCE carries binary private attributes (skin tone, striped shirt,
 long hair, hat) and its MOTION is the action class. Attributes are drawn independently
@@ -470,3 +471,59 @@ def make_benchmark(
         writer.writeheader()
         writer.writerows(rows)
     return labels
+
+
+# --------------------------------------------------------------------------- texture videos
+
+
+def _smooth_texture(rng: np.random.Generator, height: int, width: int, cell: int, low: int, high: int) -> np.ndarray:
+    import torch
+
+    small = torch.from_numpy(rng.integers(low, high, (1, 1, height // cell + 2, width // cell + 2)).astype(np.float32))
+    big = torch.nn.functional.interpolate(small, scale_factor=cell, mode="bilinear", align_corners=False)
+    return big[0, 0, :height, :width].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def write_texture_video(path: str | Path, n_frames: int, width: int, height: int, fps: float = 30.0,
+                      seed: int = 0, preset: str = "veryfast", gop_seconds: float = 2.0) -> Path:
+    """A synthetic H.264 video: a smooth texture panning under a moving square, every frame different
+    (what `anonfeat bench` measures on).
+
+    Frames are built directly in yuv420p (no colour conversion) so that even a 10-minute 720p video
+    takes only a few minutes to write; the file appears under its name only once complete.
+    """
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pad = 256
+    cell = max(8, min(width, height) // 24)
+    luma = _smooth_texture(rng, height + pad, width + pad, cell, 0, 256)
+    cb = _smooth_texture(rng, (height + pad) // 2, (width + pad) // 2, cell, 64, 192)
+    cr = _smooth_texture(rng, (height + pad) // 2, (width + pad) // 2, cell, 64, 192)
+    side = max(8, min(height, width) // 4) // 2 * 2
+    h2, w2 = height // 2, width // 2
+    tmp = path.with_name(path.name + ".part" + path.suffix)
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": preset, "crf": "23", "g": str(max(1, round(gop_seconds * fps)))}
+        buf = np.empty((height * 3 // 2, width), np.uint8)
+        y_plane = buf[:height]
+        u_plane = buf[height:height + height // 4].reshape(h2, w2)
+        v_plane = buf[height + height // 4:].reshape(h2, w2)
+        for t in range(n_frames):
+            dx, dy = (2 * t) % pad, t % pad
+            y_plane[:] = luma[dy:dy + height, dx:dx + width]
+            sx, sy = (5 * t) % max(1, width - side), (3 * t) % max(1, height - side)
+            y_plane[sy:sy + side, sx:sx + side] = (40 + 3 * t) % 256
+            u_plane[:] = cb[dy // 2:dy // 2 + h2, dx // 2:dx // 2 + w2]
+            v_plane[:] = cr[dy // 2:dy // 2 + h2, dx // 2:dx // 2 + w2]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(buf, format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
+    return path

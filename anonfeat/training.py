@@ -1,4 +1,4 @@
-"""Pieces shared by the trainers (adapter, pruner): seeding, validation hold-out, schedule, progress."""
+"""Pieces shared by the trainers (adapter, pruner): seeding, validation hold-out, schedule, DDP, progress."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` under DistributedDataParallel as both trainers use it: gradients averaged over the
+    ranks; unused parameters allowed (a warm-up phase or an optional head leaves some without a
+    gradient); buffers not broadcast (the trainers keep none that differ between ranks)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True, broadcast_buffers=False)
 
 
 class EpochProgress(RichBar):

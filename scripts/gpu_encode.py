@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from anonfeat.bench import bf16_peak_tflops, encoder_flops_per_clip
+from anonfeat.bench.run import bf16_peak_tflops, encoder_flops_per_clip
 from anonfeat.device import autocast, resolve_device
 from anonfeat.encoders import load_encoder
 

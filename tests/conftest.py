@@ -90,8 +90,10 @@ class Run:
 def forked_cli(args: list[str], tmp: Path, kill_at: str | None = None, setup: Callable[[], None] | None = None) -> Run:
     """The CLI's `main()` in a forked child in its own session, optionally armed with a kill point,
     after `setup()` (in the child only). Forking skips re-importing torch for every run; each
-    command's final run in the crash harness goes through a fresh interpreter (`cli`)."""
-    from anonfeat import killpoints
+    command's final run in the crash harness goes through a fresh interpreter (`cli`).
+    `kill_at` ("POINT:N", tests/killpoints.py) is armed in the child only: the product code never
+    reads it, it only fires the hook points (anonfeat.hooks)."""
+    import killpoints
 
     out_path, err_path = tmp / "forked.stdout", tmp / "forked.stderr"
     pid = os.fork()
@@ -103,7 +105,8 @@ def forked_cli(args: list[str], tmp: Path, kill_at: str | None = None, setup: Ca
             sys.stderr = open(err_path, "w")
             os.dup2(sys.stdout.fileno(), 1)
             os.dup2(sys.stderr.fileno(), 2)
-            killpoints._TARGET, killpoints._hits = killpoints._parse(kill_at), 0
+            if kill_at is not None:
+                killpoints.arm(kill_at)
             if setup is not None:
                 setup()
             sys.argv = ["anonfeat", *args]

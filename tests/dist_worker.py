@@ -1,11 +1,14 @@
-"""Code run inside the ranks of tests/test_distributed.py (kept light: torch and anonfeat.distributed)."""
+"""Code run inside the ranks of tests/test_distributed.py (kept light: torch, anonfeat.comm and the losses)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from anonfeat import distributed
-from anonfeat.distributed import row_range
+from anonfeat import comm
+from anonfeat.device import rank_device
+from anonfeat.nn.losses import nt_xent_distributed
 
 
 def gradient_worker(out: str) -> None:
@@ -14,22 +17,18 @@ def gradient_worker(out: str) -> None:
     the parameter gradients averaged over ranks as DistributedDataParallel does (all-reduce / W;
     the DDP wrapper itself is exercised by the train-adapter test, its construction costs seconds
     of imports). Rank 0 writes loss and gradients."""
-    import torch.distributed as dist
-
-    ctx = distributed.init_from_env("cpu")
+    ctx = comm.init_from_env(partial(rank_device, "cpu"))
     torch.manual_seed(0)
     x1, x2 = torch.randn(7, 8), torch.randn(7, 8)
     model = torch.nn.Linear(8, 6)
-    lo, hi = row_range(7)
+    lo, hi = comm.row_range(7, ctx.rank, ctx.world_size)
     z = model(torch.cat([x1[lo:hi], x2[lo:hi]]))
     a, b = z[:hi - lo], z[hi - lo:]
-    mse = distributed.all_gather_with_grad(a).pow(2).mean()  # like the adapter's gathered terms
-    loss = distributed.nt_xent_distributed(a, b, 0.5) + mse
+    mse = comm.all_gather_with_grad(ctx, a).pow(2).mean()  # like the adapter's gathered terms
+    loss = nt_xent_distributed(ctx, a, b, 0.5) + mse
     loss.backward()
-    if ctx.enabled:
-        for p in model.parameters():
-            dist.all_reduce(p.grad)
-            p.grad /= ctx.world_size
+    for p in model.parameters():
+        p.grad = comm.all_reduce_mean(ctx, p.grad)
     if ctx.is_main:
         torch.save({"loss": loss.detach(), "weight": model.weight.grad, "bias": model.bias.grad}, out)
-    distributed.shutdown()
+    comm.shutdown(ctx)

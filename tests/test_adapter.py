@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from anonfeat.adapter.io import load_adapter, save_adapter
-from anonfeat.adapter.losses import attribute_correlation, grl_weight, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, sanitize_features
-from anonfeat.adapter.sanitize import sanitize_store
+from anonfeat.adapter.sanitize import adapter_transform, sanitize_store
 from anonfeat.adapter.train import AdapterTrainOptions, train_adapter
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import ExtractOptions, extract
+from anonfeat.nn.losses import attribute_correlation, grl_weight, nt_xent, reverse_gradient
 from anonfeat.store import FeatureStore
 from anonfeat.synth import make_benchmark
 
@@ -160,7 +160,7 @@ def test_sanitize_and_extract_with_adapter_agree_and_leak_no_raw_features(bench)
     sanitized = root / "sanitized.h5"
     sanitize_store(raw, adapter, sanitized, progress=False)
     direct = root / "direct.h5"
-    assert extract(root / "bench" / "videos", direct, opts, adapter=adapter).exit_code == 0
+    assert extract(root / "bench" / "videos", direct, opts, transform=adapter_transform(adapter)).exit_code == 0
     with FeatureStore(raw) as r, FeatureStore(sanitized) as s, FeatureStore(direct) as d:
         assert s.header.features == "sanitized" and s.header.adapter_sha256 == load_adapter(adapter).sha256
         assert d.header.to_attrs() == s.header.to_attrs()
@@ -194,7 +194,7 @@ def test_sanitize_refuses_the_raw_path_and_foreign_stores(bench, tmp_path):
     with pytest.raises(AnonfeatError, match="do not fit adapter"):
         sanitize_store(other, adapter, tmp_path / "x.h5", progress=False)
     with pytest.raises(AnonfeatError, match="do not fit adapter"):
-        extract(root / "bench" / "videos", tmp_path / "y.h5", opts, encoder=enc, adapter=adapter)
+        extract(root / "bench" / "videos", tmp_path / "y.h5", opts, encoder=enc, transform=adapter_transform(adapter))
 
 
 def test_store_without_static_clips_is_refused(bench, tmp_path):
@@ -383,7 +383,7 @@ def test_leace_adapter_applies_like_any_adapter_on_decoded_video(bench, tmp_path
     assert len(loaded.config["training_videos"]) == n_train and loaded.config["training"]["method"] == "leace"
     sanitized, direct = tmp_path / "s.h5", tmp_path / "d.h5"
     sanitize_store(raw, out, sanitized, progress=False)
-    assert extract(root / "bench" / "videos", direct, opts, adapter=out).exit_code == 0
+    assert extract(root / "bench" / "videos", direct, opts, transform=adapter_transform(out)).exit_code == 0
     with FeatureStore(raw) as r, FeatureStore(sanitized) as s, FeatureStore(direct) as d:
         assert s.header.features == d.header.features == "sanitized"
         assert s.header.anonymizer_videos == d.header.anonymizer_videos == tuple(loaded.config["training_videos"])

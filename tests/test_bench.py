@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 import anonfeat.cli.bench  # noqa: F401  (registers the command)
 from anonfeat.bench import (RESULT_KEYS, encoder_flops_per_clip, extract_peak_rss, overlap_bound, parse_size,
-                            run_bench, targets, write_bench_video)
+                            run_bench, targets)
+from anonfeat.synth import write_texture_video
 from anonfeat.cli import app
 from anonfeat.errors import AnonfeatError
 
@@ -102,7 +103,7 @@ def test_peak_rss_reports_failures(tmp_path):
 
 
 def test_generated_video_decodes_to_the_requested_shape(tmp_path):
-    path = write_bench_video(tmp_path / "v.mp4", 45, 96, 64, fps=30.0, seed=3)
+    path = write_texture_video(tmp_path / "v.mp4", 45, 96, 64, fps=30.0, seed=3)
     with av.open(str(path)) as container:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert frames.shape == (45, 64, 96, 3)
@@ -174,10 +175,10 @@ def test_poller_counts_workers_once_and_never_exec_helpers():
     import sys
     import time
 
-    from anonfeat.bench import _TreePoller
+    from anonfeat.bench.memory import TreePoller
 
     proc = subprocess.Popen([sys.executable, "-c", _TREE])
-    poller = _TreePoller(proc.pid, private_interval=0.05)
+    poller = TreePoller(proc.pid, private_interval=0.05)
     while proc.poll() is None:
         poller.poll()
         time.sleep(0.005)
@@ -197,10 +198,10 @@ def test_naive_reference_reads_the_same_full_size_frames_with_or_without_decord(
     """naive_cps decodes each clip on its own at full size: decord when installed, else PyAV seeking."""
     import sys
 
-    from anonfeat.bench import naive_clip_reader, naive_decoder_name
+    from anonfeat.bench.naive import naive_clip_reader, naive_decoder_name
     from anonfeat.video import reader as reader_module
 
-    path = write_bench_video(tmp_path / "v.mp4", 75, 96, 64, fps=30.0, seed=5, gop_seconds=1.0)
+    path = write_texture_video(tmp_path / "v.mp4", 75, 96, 64, fps=30.0, seed=5, gop_seconds=1.0)
     with av.open(str(path)) as container:
         every = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     if with_decord:

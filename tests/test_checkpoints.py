@@ -426,7 +426,8 @@ def test_encoders_modules_import_each_other_without_cycles():
 
 
 # ---------------------------------------------------------------- dependency floors
-IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL", "huggingface_hub": "huggingface_hub"}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL", "huggingface_hub": "huggingface_hub",
+                "concept-erasure": "concept_erasure"}
 FLOORED = {"torch", "timm", "av", "numpy", "h5py", "typer", "rich", "huggingface_hub"}
 
 

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -22,11 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from anonfeat import distributed
-from anonfeat.distributed import (probe_length, row_range, shard_dir, shard_path, split_balanced,
-                                  video_weights)
+from anonfeat import comm, sharding
+from anonfeat.comm import row_range
+from anonfeat.device import rank_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import ExtractOptions, extract
+from anonfeat.sharding import probe_length, shard_dir, shard_path, split_balanced, video_weights
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,10 +113,10 @@ def test_missing_master_address_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(AnonfeatError, match="MASTER_ADDR is not set; launch with torchrun"):
-        distributed.init_from_env("cpu")
+        comm.init_from_env(partial(rank_device, "cpu"))
     monkeypatch.setenv("RANK", "7")
     with pytest.raises(AnonfeatError, match="RANK='7'"):
-        distributed.init_from_env("cpu")
+        comm.init_from_env(partial(rank_device, "cpu"))
 
 
 def test_run_sharded_reports_a_rank_error_and_keeps_finished_work(tmp_path):
@@ -140,13 +142,13 @@ def test_run_sharded_reports_a_rank_error_and_keeps_finished_work(tmp_path):
         return result
 
     out = tmp_path / "out.h5"
-    with pytest.raises(distributed.DistributedError, match=r"rank 0: .*disk full.*re-run the same command") as err:
-        distributed.run_sharded(videos, out, run)
+    with pytest.raises(comm.DistributedError, match=r"rank 0: .*disk full.*re-run the same command") as err:
+        sharding.run_sharded(videos, out, run)
     assert not err.value.quiet and not out.exists()
     with FeatureStore(shard_path(out, 0, 1)) as fs:
         assert fs.videos() == ["a.mp4", "b.mp4"]  # written before the error, kept
     broken.clear()
-    result = distributed.run_sharded(videos, out, run)
+    result = sharding.run_sharded(videos, out, run)
     assert result.written == ["boom.mp4", "c.mp4"] and result.skipped == ["a.mp4", "b.mp4"]
     with FeatureStore(out) as fs:
         assert fs.videos() == ["a.mp4", "b.mp4", "boom.mp4", "c.mp4"]
@@ -241,17 +243,17 @@ def test_torchrun_extract_equals_single_process_and_resumes_with_another_world_s
         with h5py.File(shard, "a") as f:
             f[f"videos/{key}"].attrs["complete"] = False
         redo.append(key)
-    result = distributed.extract_sharded(mixed_dir, out, opts)
+    result = sharding.extract_sharded(mixed_dir, out, opts)
     assert result.written == sorted(redo) and result.skipped == sorted(set(GOOD) - set(redo))
     assert sorted(result.failed) == BAD and result.exit_code == 3
     assert not shard_dir(out).exists()  # merged, shards removed
     assert_same_store(out, reference)
 
     # a finished store resumes from itself; other settings into it are refused before any work
-    result = distributed.extract_sharded(mixed_dir, out, opts)
+    result = sharding.extract_sharded(mixed_dir, out, opts)
     assert result.written == [] and len(result.skipped) == 5
     with pytest.raises(AnonfeatError, match="store was made with frame_stride=2"):
-        distributed.extract_sharded(mixed_dir, out, opts, frame_stride=3)
+        sharding.extract_sharded(mixed_dir, out, opts, frame_stride=3)
 
 
 # -- training -----------------------------------------------------------------------------------

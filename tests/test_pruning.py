@@ -18,7 +18,7 @@ from anonfeat.errors import AnonfeatError
 from anonfeat.pruning.backbone import build_pruner, inflate_timm_vit
 from anonfeat.pruning.io import load_pruner, save_pruner
 from anonfeat.pruning.model import PrunerConfig, TubeletPruner
-from anonfeat.pruning.render import frame_grids, pixel_cells, pixel_mask  # geometry checked by hand below
+from anonfeat.pruning.render import frame_grids, pixel_cells, pixel_mask
 from anonfeat.pruning.scoring import (default_prune_blocks, fuse_pruned, keep_count, select_tubelets,
                                       tubelet_scores)
 from anonfeat.synth import make_benchmark, write_video
@@ -418,6 +418,7 @@ def test_anonymized_video_geometry_on_known_dropped_tubelets(tmp_path: Path, hei
     dropped = [(1, 2, 3), (5, 0, 6)]  # (temporal, row, column) tubelets
     kept = np.array([[i for i in range(8 * 7 * 7) if (i // 49, i // 7 % 7, i % 7) not in dropped]])
     out = tmp_path / "anon.mkv"
+    # lossless: exact black on the dropped cells (the default yuv420p H.264 bleeds chroma across edges)
     write_anonymized_video(source, out, 16, 25.0, Sampling(clip_len=16, frame_stride=1), kept, cfg, lossless=True)
 
     side = min(height, width)

@@ -2,7 +2,7 @@
 nothing raw.
 
 The crash harness runs the real CLI in its own session and SIGKILLs it at named points
-(anonfeat/killpoints.py, ANONFEAT_TEST_KILL_AT). After every kill the store must open with h5py
+(tests/killpoints.py, armed on anonfeat.hooks in the forked CLI). After every kill the store must open with h5py
 and read in full, every complete video in it must equal the uninterrupted run's, and re-running the
 same command must end in a store equal to the uninterrupted one, video by video, for extract,
 sanitize and prune (one entry each in COMMANDS).
@@ -29,7 +29,7 @@ import torch
 
 from anonfeat.adapter.io import save_adapter
 from anonfeat.adapter.model import AnonymizingAdapter
-from anonfeat.adapter.sanitize import sanitize_store
+from anonfeat.adapter.sanitize import adapter_transform, sanitize_store
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import ExtractOptions, extract
 from anonfeat.pruning.backbone import build_pruner
@@ -175,7 +175,7 @@ class Command:
     argv: Callable[[Workspace, Path], list[str]]  # CLI arguments writing to the given store
     reference: Callable[[Workspace], Path]  # the uninterrupted run's store
     exit_code: int  # of the completing run
-    kills: tuple[str, ...]  # ANONFEAT_TEST_KILL_AT of successive killed runs, each resumed by the next
+    kills: tuple[str, ...]  # kill points (POINT:N) of successive killed runs, each resumed by the next
 
 
 COMMANDS = {
@@ -213,25 +213,43 @@ def test_sigkill_at_every_point_then_rerun_gives_the_uninterrupted_store(ws, tmp
     assert_stores_equal(out, reference)
 
 
-def test_kill_hook_is_inert_without_the_variable_and_rejects_bad_specs(monkeypatch):
-    from anonfeat import killpoints
+def test_hook_points_are_inert_until_installed_and_kill_specs_are_checked(monkeypatch):
+    import killpoints
 
-    assert killpoints._TARGET is None or os.environ.get(killpoints.ENV)
-    monkeypatch.setattr(killpoints, "_hits", 0)
-    monkeypatch.setattr(killpoints, "_TARGET", None)  # as without ANONFEAT_TEST_KILL_AT
-    for point in killpoints.POINTS * 3:
-        assert killpoints.kill_point(point) is None  # this process is still here...
-    assert killpoints._hits == 0  # ... and nothing was even counted
-    monkeypatch.setattr(killpoints, "_TARGET", ("written", 3))  # armed for another point, not reached yet
-    for point in ("decode", "write", "write-datasets", "write-mark") * 3:
-        killpoints.kill_point(point)
-    killpoints.kill_point("written")
-    killpoints.kill_point("written")
-    assert killpoints._hits == 2  # only its own point counts; the third would kill
+    from anonfeat import hooks
+
+    hooks.fire("write", "a.mp4")  # nothing installed: nothing happens
+    seen = []
+    remove = hooks.install("write", lambda point, key: seen.append((point, key)))
+    hooks.fire("write", "a.mp4")
+    hooks.fire("written", "a.mp4")
+    remove()
+    hooks.fire("write", "b.mp4")
+    assert seen == [("write", "a.mp4")]
+    with pytest.raises(ValueError, match="unknown hook point"):
+        hooks.install("nowhere", print)
+
+    class Killed(Exception):
+        pass
+
+    def kill_run():
+        raise Killed
+
+    monkeypatch.setattr(killpoints, "_kill_run", kill_run)  # what SIGKILL would do, as an exception here
+    disarm = killpoints.arm("written:3")
+    try:
+        for point in ("decode", "write", "write-datasets", "write-mark") * 3:
+            hooks.fire(point, "a.mp4")  # armed for another point: not counted
+        hooks.fire("written", "a.mp4")
+        hooks.fire("written", "b.mp4")  # only its own point counts...
+        with pytest.raises(Killed):
+            hooks.fire("written", "c.mp4")  # ... and the third kills
+    finally:
+        disarm()
     for bad in ("nowhere:1", "write", "write:0", "write:x"):
-        with pytest.raises(ValueError, match="ANONFEAT_TEST_KILL_AT"):
-            killpoints._parse(bad)
-    assert killpoints._parse("written:2") == ("written", 2)
+        with pytest.raises(ValueError, match="POINT:N"):
+            killpoints.parse(bad)
+    assert killpoints.parse("written:2") == ("written", 2)
 
 
 # -- full disk, permissions ---------------------------------------------------------------------
@@ -473,7 +491,7 @@ def test_untrained_adapter_is_refused_instead_of_copying_raw_features(ws, tmp_pa
     with FeatureStore(tmp_path / "s.h5") as store:
         assert store.videos() == []
     with pytest.raises(AnonfeatError, match="unchanged"):
-        extract(ws.videos, tmp_path / "e.h5", ExtractOptions(**EXTRACT_OPTIONS), adapter=identity)
+        extract(ws.videos, tmp_path / "e.h5", ExtractOptions(**EXTRACT_OPTIONS), transform=adapter_transform(identity))
 
 
 def test_sanitize_refuses_the_raw_store_by_any_name(ws, tmp_path):

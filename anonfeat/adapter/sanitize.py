@@ -25,6 +25,29 @@ def sanitized_header(raw: StoreHeader, adapter: LoadedAdapter) -> StoreHeader:
                                anonymizer_videos=adapter.training_videos)
 
 
+@dataclass(frozen=True)
+class AdapterTransform:
+    """`extract`'s `transform` for the adapter file at `path` (`extract --adapter`): on the run's
+    device, checked against the raw features' header, giving the sanitized header and the
+    per-video feature transform. `inputs` names the file it reads, which no output may replace."""
+
+    path: Path
+
+    @property
+    def inputs(self) -> dict[str, Path]:
+        return {"--adapter": self.path}
+
+    def __call__(self, header: StoreHeader, device: torch.device):
+        loaded = load_adapter(self.path, device)
+        loaded.check_store(header, f"--encoder {header.encoder}")
+        return sanitized_header(header, loaded), feature_transform(loaded)
+
+
+def adapter_transform(path: str | Path) -> AdapterTransform:
+    """The `transform` that makes `extract` write features sanitized by the adapter file at `path`."""
+    return AdapterTransform(Path(path))
+
+
 def refuse_unchanged(adapter: LoadedAdapter, what: str, raw: np.ndarray, sanitized: np.ndarray) -> None:
     """A sanitized store never holds a raw feature vector: refuse rows the adapter left as they were
     (compared in float16, the coarsest stored precision). An untrained adapter is exactly the

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +27,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonfeat import distributed
+from anonfeat import comm
 from anonfeat.adapter.data import VideoFeatures, read_training_features
 from anonfeat.adapter.io import save_adapter
 from anonfeat.adapter.leace import fit_leace
-from anonfeat.adapter.losses import attribute_correlation, grl_weight, latent_consistency, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, pad_sequences
 from anonfeat.adapter.options import AdapterTrainOptions
-from anonfeat.audit.attackers import build_attacker
-from anonfeat.device import autocast
+from anonfeat.comm import DistContext
+from anonfeat.device import autocast, rank_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
+from anonfeat.nn.losses import attribute_correlation, grl_weight, latent_consistency, nt_xent, reverse_gradient
 from anonfeat.options import with_overrides
 from anonfeat.paths import check_outputs
-from anonfeat.training import EpochProgress, seed_everything, split_validation
+from anonfeat.probes.attackers import TrainConfig, build_attacker, fit_rows, seeded_model
+from anonfeat.training import EpochProgress, seed_everything, split_validation, wrap_ddp
 
 @dataclass
 class TrainReport:
@@ -50,6 +52,7 @@ class TrainReport:
     unmatched_store: int
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    is_main: bool = True  # this process reports the run (rank 0 of a launched job, or the only process)
 
 
 def _statistics(data: VideoFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +94,12 @@ class _Batch:
 class AdapterTrainer:
     """Holds the adapter, the utility heads and the optional privacy head; one `step` per batch."""
 
-    def __init__(self, data: VideoFeatures, options: AdapterTrainOptions, device: torch.device):
+    def __init__(self, data: VideoFeatures, options: AdapterTrainOptions, device: torch.device,
+                 ctx: DistContext | None = None):
         dim = data.header.dim
         if dim % options.heads:
             raise AnonfeatError(f"--heads {options.heads} does not divide the feature dim {dim}")
-        self.options, self.device = options, device
+        self.options, self.device, self.ctx = options, device, ctx or DistContext()
         self.adapter = AnonymizingAdapter(dim, options.depth, options.heads, options.mlp_ratio)
         self.adapter.set_statistics(*_statistics(data))
         self.heads = nn.ModuleDict({t: nn.Linear(dim, len(c)) for t, c in data.task_classes.items()})
@@ -111,12 +115,13 @@ class AdapterTrainer:
         """The adapter on a batch of standardized sequences. Under torch.distributed each rank runs
         it on its part of the rows only and the parts are gathered with gradients, so every rank
         then computes the losses of the whole global batch: the single-process losses."""
-        if not distributed.current().enabled:
+        ctx = self.ctx
+        if not ctx.enabled:
             return self.adapter.forward_standardized(z, valid)
-        lo, hi = distributed.row_range(len(z))
-        sizes = [b - a for a, b in (distributed.row_range(len(z), r) for r in range(distributed.current().world_size))]
+        lo, hi = comm.row_range(len(z), ctx.rank, ctx.world_size)
+        sizes = comm.row_sizes(len(z), ctx.world_size)
         local = self.adapter.forward_standardized(z[lo:hi], None if valid is None else valid[lo:hi])
-        return distributed.all_gather_with_grad(local, sizes)
+        return comm.all_gather_with_grad(ctx, local, sizes)
 
     def losses(self, batch: _Batch, progress: float, warmup: bool) -> dict[str, torch.Tensor]:
         o = self.options
@@ -190,10 +195,7 @@ def _distributed_losses(trainer: AdapterTrainer, device: torch.device):
     """DDP over adapter and heads (gradients averaged over ranks; the loss every rank computes is
     the global one, see AdapterTrainer._sanitize). Unused parameters: the adapter in warm-up, the
     attribute head without --privacy-loss attributes|both."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(_LossModule(trainer), device_ids=[device] if device.type == "cuda" else None,
-                                   find_unused_parameters=True, broadcast_buffers=False)
+    return wrap_ddp(_LossModule(trainer), device)
 
 
 def _masked_mean(z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -209,14 +211,16 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[i
     return batches
 
 
-def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions) -> tuple[AdapterTrainer, list[dict]]:
-    """Warm up the heads, then train adapter and heads jointly; returns the trainer and loss history."""
+def fit_adapter(data: VideoFeatures, options: AdapterTrainOptions, ctx: DistContext | None = None
+                ) -> tuple[AdapterTrainer, list[dict]]:
+    """Warm up the heads, then train adapter and heads jointly (on the ranks of `ctx`, default this
+    process alone); returns the trainer and loss history."""
     options.validate()
-    ctx = distributed.current()
-    device = distributed.rank_device(options.device, ctx.local_rank, ctx.world_size)
+    ctx = ctx or DistContext()
+    device = rank_device(options.device, ctx.local_rank, ctx.world_size)
     generator = seed_everything(options.seed)
     rng = random.Random(options.seed)
-    trainer = AdapterTrainer(data, options, device)
+    trainer = AdapterTrainer(data, options, device, ctx)
     # Every rank draws the same global batches (same seed); each runs the adapter on its rows.
     compute_losses = _distributed_losses(trainer, device) if ctx.enabled else trainer.losses
     warm_opt = torch.optim.AdamW(trainer.heads.parameters(), lr=options.lr)
@@ -273,7 +277,7 @@ def quick_privacy_probe(trainer: AdapterTrainer, fit: VideoFeatures, val: VideoF
                         seed: int = 0) -> dict[str, float]:
     """cMAP of a fresh MLP attacker (raw vs sanitized static clips and clip means), fitted on the
     training videos and scored on the held-out validation videos. A quick look, not the audit."""
-    from anonfeat.audit.metrics import cmap
+    from anonfeat.probes.metrics import cmap
 
     if fit.attributes.shape[1] == 0:
         return {}
@@ -282,16 +286,10 @@ def quick_privacy_probe(trainer: AdapterTrainer, fit: VideoFeatures, val: VideoF
     for view in ("static", "clip"):
         for sanitized in (False, True):
             x_fit, x_val = (_probe_inputs(adapter, d, view, sanitized, trainer.device) for d in (fit, val))
-            torch.manual_seed(seed)
             dim, k = x_fit.shape[1], fit.attributes.shape[1]
-            attacker = build_attacker("mlp", dim, k).to(trainer.device)
-            optimizer = torch.optim.AdamW(attacker.parameters(), lr=1e-3)
-            y_fit = fit.attributes.to(trainer.device)
-            for _ in range(epochs):
-                loss = F.binary_cross_entropy_with_logits(attacker(x_fit), y_fit)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            attacker = seeded_model(lambda: build_attacker("mlp", dim, k), seed).to(trainer.device)
+            full_batch = TrainConfig(epochs=epochs, lr=1e-3, batch_size=len(x_fit), min_steps_per_epoch=1)
+            fit_rows(attacker, x_fit, fit.attributes.to(trainer.device), nn.BCEWithLogitsLoss(), full_batch, seed)
             with torch.no_grad():
                 scores = attacker(x_val).cpu().numpy()
             results[f"{view}_cmap_{'sanitized' if sanitized else 'raw'}"] = cmap(val.attributes.numpy(), scores)
@@ -336,8 +334,16 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     """
     options = with_overrides(options, AdapterTrainOptions, overrides)
     options.validate()
-    check_outputs({"--out": out}, {"STORE": store, "--labels": labels})
-    ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
+    check_outputs({"--out": out}, {"STORE": store, "--labels": labels})  # before any process group starts
+    ctx = comm.init_from_env(partial(rank_device, options.device))  # torchrun: DDP over the ranks
+    try:
+        return _train_adapter(ctx, store, labels, out, options)
+    finally:
+        comm.shutdown(ctx)
+
+
+def _train_adapter(ctx: DistContext, store: str | Path, labels: str | Path, out: str | Path,
+                   options: AdapterTrainOptions) -> TrainReport:
     needs_attributes = options.method == "leace" or options.privacy_loss != "ntxent"
     label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes,
                             split_seed=options.split_seed, require_attributes=needs_attributes)
@@ -345,11 +351,11 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     if options.method == "leace":
         return _train_leace(data, out, options, ctx)
     fit, val = split_validation(data, options.val_fraction, options.seed)
-    trainer, history = fit_adapter(fit, options)
+    trainer, history = fit_adapter(fit, options, ctx)
     if not ctx.is_main:  # rank 0 alone evaluates and writes the adapter
         return TrainReport(adapter=Path(out), train_videos=len(fit), val_videos=0 if val is None else len(val),
                            unmatched_labels=data.unmatched_labels, unmatched_store=data.unmatched_store,
-                           history=history)
+                           history=history, is_main=False)
     metrics = {"train_top1": utility_accuracy(trainer, fit), "train_top1_raw": utility_accuracy(trainer, fit, False)}
     if val is not None:
         metrics["val_top1"] = utility_accuracy(trainer, val)
@@ -363,7 +369,8 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
                        history=history, metrics=metrics)
 
 
-def _train_leace(data: VideoFeatures, out: str | Path, options: AdapterTrainOptions, ctx) -> TrainReport:
+def _train_leace(data: VideoFeatures, out: str | Path, options: AdapterTrainOptions, ctx: DistContext
+                 ) -> TrainReport:
     """Closed form on every train video (no validation part: nothing is tuned); rank 0 writes it."""
     eraser = fit_leace(data)
     rows = sum(len(c) + len(s) for c, s in zip(data.clips, data.statics))

@@ -8,8 +8,8 @@ ordinary clips, which can leak where static clips do not); the headline cMAP is 
 A linear probe measures utility on the same splits and seeds.
 """
 
-from anonfeat.audit.attackers import ATTACKERS, build_attacker, build_probe
 from anonfeat.audit.report import audit_figure, plot, render_table, report_json, write_json
+from anonfeat.probes.attackers import ATTACKERS, build_attacker, build_probe
 from anonfeat.audit.runner import (AttackResult, AuditOptions, AuditReport, StoreResult, audit_store,
                                    audit_stores)
 

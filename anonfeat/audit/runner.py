@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from anonfeat.audit import metrics
-from anonfeat.audit.attackers import (ATTACKERS, Samples, Standardizer, TrainConfig, build_attacker, build_probe,
-                                      predict_videos, seeded_model, select_samples, train_selected)
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import Labels, Match, load_labels, match_videos
+from anonfeat.probes import metrics
+from anonfeat.probes.attackers import (ATTACKERS, Samples, Standardizer, TrainConfig, build_attacker, build_probe,
+                                       predict_videos, seeded_model, select_samples, train_selected)
 from anonfeat.store import FeatureStore, StoreHeader
 
 

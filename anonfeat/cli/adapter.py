@@ -49,7 +49,6 @@ def train_adapter_command(
 
     Under torchrun: DistributedDataParallel, --batch-size is the global batch split over the ranks;
     rank 0 writes the adapter (docs/distributed.md)."""
-    from anonfeat import distributed
     from anonfeat.adapter.train import train_adapter
 
     options = AdapterTrainOptions(
@@ -59,7 +58,7 @@ def train_adapter_command(
         w_b=w_b, w_attr=w_attr, attr_loss=attr_loss, temperature=temperature, depth=depth, heads=heads, seed=seed, device=device,
         progress=progress)
     report = train_adapter(store, labels, out, options)
-    if not distributed.shutdown():  # other ranks of a torchrun job: rank 0 reports
+    if not report.is_main:  # other ranks of a torchrun job: rank 0 reports
         return
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows not in the store, {report.unmatched_store} store videos unlabelled")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from anonfeat import __version__
+from anonfeat._version import __version__
 from anonfeat.errors import AnonfeatError
 
 app = typer.Typer(

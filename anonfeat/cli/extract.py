@@ -15,9 +15,7 @@ from anonfeat.cli.app import app, console, err_console
 def finish_store_command(result) -> None:
     """End a store-writing command: rank 0 (or the only process) prints one summary line and one line
     per failed video and exits with the run's status; other ranks of a torchrun job exit quietly."""
-    from anonfeat import distributed
-
-    if not distributed.shutdown():
+    if not result.is_main:
         raise typer.Exit(0)
     console.print(f"[bold]{escape(str(result.store))}[/]: {len(result.written)} written, "
                   f"{len(result.skipped)} already done, "
@@ -62,13 +60,18 @@ def extract_command(
 
     Under torchrun (WORLD_SIZE > 1) each rank extracts its share into STORE.shards/ and rank 0
     merges them into STORE (docs/distributed.md)."""
-    from anonfeat import distributed
     from anonfeat.extract import ExtractOptions
+    from anonfeat.sharding import extract_sharded
 
     options = ExtractOptions(encoder=encoder, checkpoint=checkpoint, random_init=random_init, clip_len=clip_len,
                              frame_stride=frame_stride, clip_stride=clip_stride, num_clips=num_clips,
                              static_clips=static_clips, resize=resize, batch_size=batch_size, workers=workers,
                              device=device, dtype=dtype, compression=compression, progress=progress,
                              compile=compile, decoder=decoder)
-    result = distributed.extract_sharded(videos, out, options, adapter=adapter, keep_shards=keep_shards)
+    transform = None
+    if adapter is not None:  # the pipeline knows no adapter: it gets the transform from here
+        from anonfeat.adapter.sanitize import adapter_transform
+
+        transform = adapter_transform(adapter)
+    result = extract_sharded(videos, out, options, transform=transform, keep_shards=keep_shards)
     finish_store_command(result)

@@ -73,10 +73,8 @@ def train_pruner_command(
         warmup_epochs=warmup_epochs, batch_size=batch_size, lr=lr, w_privacy=w_privacy, temperature=temperature,
         clip_len=clip_len, frame_stride=frame_stride, resize=resize, flip=flip, workers=workers, seed=seed,
         split_seed=split_seed, device=device, decoder=decoder, progress=progress)
-    from anonfeat import distributed
-
     report = train_pruner(videos, labels, out, options)
-    if not distributed.shutdown():  # other ranks of a torchrun job: rank 0 reports
+    if not report.is_main:  # other ranks of a torchrun job: rank 0 reports
         return
     console.print(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
                   f"{report.unmatched_labels} label rows without a video, {report.unmatched_videos} videos unlabelled, "

@@ -107,7 +107,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path=path, state_dict=raw, sha256=file_sha256(weights), hf_config=hf_config)
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor],
+def strip_prefixes(state: dict[str, torch.Tensor],
                     drop: tuple[str, ...] = _DROP_PREFIXES) -> dict[str, torch.Tensor]:
     """Drop wrapper prefixes and the parts that are not the encoder (decoder, heads)."""
     keys = list(state)
@@ -184,7 +184,7 @@ def _from_mmaction(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def to_anonfeat_names(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """Rename a checkpoint's keys to VideoViT's parameter names."""
-    state = _strip_prefixes(ckpt.state_dict)
+    state = strip_prefixes(ckpt.state_dict)
     if any(k.startswith(("encoder.layer.", "embeddings.")) for k in state):
         ckpt.layout = "huggingface"
         state = _from_huggingface(state)
@@ -261,11 +261,11 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: P
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     problems = []
     if missing:
-        problems.append(f"missing keys {_names(missing)}")
+        problems.append(f"missing keys {key_list(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_names(unexpected)}")
+        problems.append(f"unexpected keys {key_list(unexpected)}")
     if wrong:
-        problems.append("wrong shapes " + _names(
+        problems.append("wrong shapes " + key_list(
             [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong]))
     if problems:
         raise AnonfeatError(f"{source}: checkpoint does not fit the encoder: {'; '.join(problems)}; "
@@ -273,6 +273,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: P
     model.load_state_dict(state, strict=True)
 
 
-def _names(keys: list[str], limit: int = 6) -> str:
+def key_list(keys: list[str], limit: int = 6) -> str:
+    """At most `limit` state-dict keys for an error message: "[a, b, ... 3 more]"."""
     shown = ", ".join(keys[:limit])
     return f"[{shown}{f', ... {len(keys) - limit} more' if len(keys) > limit else ''}]"

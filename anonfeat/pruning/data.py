@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anonfeat.comm import row_range
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError, VideoError
 from anonfeat.labels import Labels, match_videos
@@ -135,10 +136,11 @@ def collate(items: list[dict | None], clip_shape: tuple[int, ...], n_static: int
 
 class GlobalBatches(torch.utils.data.Sampler):
     """Seeded batches of video indices, the same on every rank; each rank yields its own rows of each
-    (anonfeat.distributed.row_range), so ranks together see exactly the single-process batches."""
+    (anonfeat.comm.row_range), so ranks together see exactly the single-process batches."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -153,10 +155,8 @@ class GlobalBatches(torch.utils.data.Sampler):
         return [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
 
     def __iter__(self):
-        from anonfeat.distributed import row_range
-
         for batch in self.global_batches():
-            lo, hi = row_range(len(batch))
+            lo, hi = row_range(len(batch), self.rank, self.world_size)
             yield batch[lo:hi]
 
 

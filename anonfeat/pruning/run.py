@@ -20,13 +20,14 @@ import torch
 from anonfeat.device import resolve_device
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
-from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for,
+from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, check_options, sampling_for,
                               store_header, write_store)
 from anonfeat.options import with_overrides
 from anonfeat.paths import check_distinct_targets, check_outputs
 from anonfeat.pruning.backbone import load_source_encoder
 from anonfeat.pruning.io import LoadedPruner, load_pruner
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
+from anonfeat.sharding import run_store_command
 from anonfeat.store import StoreHeader, VideoRecord
 from anonfeat.video.decoders import select_decoder
 from anonfeat.video.discover import VideoItem
@@ -185,7 +186,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
     options = with_overrides(options, PruneOptions, overrides)
     _check_prune_outputs(source, out, pruner, options)
-    _check_options(options)
+    check_options(options)
     _check_prune_options(options)
     device = resolve_device(options.device)
     decoder = select_decoder(options.decoder, device)  # refused here, before the pruner is loaded
@@ -216,11 +217,9 @@ def _check_prune_outputs(source, out, pruner, options: PruneOptions) -> None:
 
 def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
                   options: PruneOptions | None = None, keep_shards: bool = False, **overrides) -> ExtractResult:
-    """`anonfeat prune` under any launcher (anonfeat.distributed.run_store_command): one process as
+    """`anonfeat prune` under any launcher (anonfeat.sharding.run_store_command): one process as
     `prune`; under torchrun each rank prunes its share into a shard and rank 0 merges them. The pruner
     is loaded once per process."""
-    from anonfeat import distributed
-
     options = with_overrides(options, PruneOptions, overrides)
     _check_prune_outputs(source, out, pruner, options)
     select_decoder(options.decoder, resolve_device(options.device))  # --decoder refused before any work
@@ -231,4 +230,4 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
             loaded["pruner"] = load_pruner(pruner, resolve_device(opts.device))
         return prune(items, path, loaded["pruner"], opts)
 
-    return distributed.run_store_command(source, out, options, run, keep_shards=keep_shards)
+    return run_store_command(source, out, options, run, keep_shards=keep_shards)

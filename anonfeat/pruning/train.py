@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anonfeat import distributed
-from anonfeat.adapter.losses import grl_weight, nt_xent
-from anonfeat.device import autocast, resolve_device
+from anonfeat import comm
+from anonfeat.comm import DistContext
+from anonfeat.device import autocast, rank_device, resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import load_labels
+from anonfeat.nn.losses import grl_weight, nt_xent
 from anonfeat.options import with_overrides
 from anonfeat.paths import check_outputs
 from anonfeat.pruning.backbone import build_pruner
@@ -33,7 +34,7 @@ from anonfeat.pruning.data import (GlobalBatches, LabelledVideos, TrainingClips,
 from anonfeat.pruning.io import save_pruner
 from anonfeat.pruning.model import TubeletPruner
 from anonfeat.pruning.options import PrunerTrainOptions
-from anonfeat.training import EpochProgress, seed_everything, split_validation, warmup_cosine
+from anonfeat.training import EpochProgress, seed_everything, split_validation, warmup_cosine, wrap_ddp
 from anonfeat.video.decoders import DecoderBackend, select_decoder
 
 
@@ -48,6 +49,7 @@ class PrunerTrainReport:
     decoder_fallbacks: int = 0  # clips decoded on the CPU because --decoder could not decode their video
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    is_main: bool = True  # this process reports the run (rank 0 of a launched job, or the only process)
 
 
 def set_trainable(pruner: TubeletPruner, train_blocks: int | None) -> list[torch.nn.Parameter]:
@@ -83,19 +85,18 @@ class _PrunerForward(nn.Module):
 class PrunerTrainer:
     """One `step` per global batch. Under torch.distributed each rank runs the model on its rows,
     the outputs are gathered with gradients and every rank computes the global losses, so the
-    result equals the single-process step at the same global batch (see anonfeat.distributed)."""
+    result equals the single-process step at the same global batch (see anonfeat.comm)."""
 
-    def __init__(self, pruner: TubeletPruner, options: PrunerTrainOptions, device: torch.device):
+    def __init__(self, pruner: TubeletPruner, options: PrunerTrainOptions, device: torch.device,
+                 ctx: DistContext | None = None):
         self.pruner, self.options, self.device = pruner.to(device), options, device
+        self.ctx = ctx or DistContext()
         self.params = set_trainable(pruner, options.train_blocks)
         self.branch = [*pruner.privacy_head.parameters(), pruner.cls_tokens]
         self.optimizer = torch.optim.AdamW(self.params, lr=options.lr, weight_decay=options.weight_decay)
         self.forward = _PrunerForward(pruner)
-        if distributed.current().enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.forward = DistributedDataParallel(self.forward, device_ids=[device] if device.type == "cuda" else None,
-                                                   find_unused_parameters=True, broadcast_buffers=False)
+        if self.ctx.enabled:
+            self.forward = wrap_ddp(self.forward, device)
 
     def clips(self, frames: torch.Tensor) -> torch.Tensor:
         return normalize_clips(frames.to(self.device, non_blocking=True), self.pruner.config.encoder)
@@ -106,14 +107,14 @@ class PrunerTrainer:
         ntxent = cfg.privacy_loss == "ntxent"
         statics = self.clips(batch["static"].flatten(0, 1)) if ntxent else None  # (2B, ...): 2 per video
         logits, privacy = self.forward(self.clips(batch["clip"]), statics)
-        logits, privacy = (distributed.all_gather_with_grad(t, sizes) for t in (logits, privacy))
-        action = distributed.all_gather_with_grad(batch["action"].to(self.device), sizes)
+        logits, privacy = (comm.all_gather_with_grad(self.ctx, t, sizes) for t in (logits, privacy))
+        action = comm.all_gather_with_grad(self.ctx, batch["action"].to(self.device), sizes)
         terms = {"action": F.cross_entropy(logits.float(), action),
                  "acc": (logits.argmax(1) == action).float().mean()}
         if ntxent:
             terms["privacy"] = nt_xent(privacy[:, 0], privacy[:, 1], self.options.temperature)
         else:
-            attributes = distributed.all_gather_with_grad(batch["attributes"].to(self.device), sizes)
+            attributes = comm.all_gather_with_grad(self.ctx, batch["attributes"].to(self.device), sizes)
             terms["privacy"] = F.binary_cross_entropy_with_logits(privacy.float(), attributes)
         return terms
 
@@ -128,25 +129,20 @@ class PrunerTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         branch_grads = torch.autograd.grad(terms["privacy"], self.branch, retain_graph=True, allow_unused=True)
         (terms["action"] - weight * terms["privacy"]).backward()
-        add_branch_gradients(self.pruner, self.branch, branch_grads, weight)
+        add_branch_gradients(self.pruner, self.branch, branch_grads, weight, self.ctx)
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def add_branch_gradients(pruner: TubeletPruner, branch: list[torch.nn.Parameter],
-                         grads: tuple[torch.Tensor | None, ...], weight: float) -> None:
+                         grads: tuple[torch.Tensor | None, ...], weight: float, ctx: DistContext | None = None) -> None:
     """After backward of CE - w * P: give the privacy head and the privacy CLS row their P gradient
-    with a plus sign (+ (1 + w) * dP); averaged over ranks like DDP averages the rest."""
-    ctx = distributed.current()
+    with a plus sign (+ (1 + w) * dP); averaged over the ranks of `ctx` like DDP averages the rest."""
+    ctx = ctx or DistContext()
     for param, grad in zip(branch, grads):
         if grad is None:
             continue
-        if ctx.enabled:
-            import torch.distributed as dist
-
-            grad = grad.contiguous()
-            dist.all_reduce(grad)
-            grad = grad / ctx.world_size
+        grad = comm.all_reduce_mean(ctx, grad)
         update = (1.0 + weight) * grad
         if param is pruner.cls_tokens:  # only row 1, the privacy CLS; row 0 keeps the reversed gradient
             update = update * torch.tensor([0.0, 1.0], device=grad.device, dtype=grad.dtype).view(1, 2, 1)
@@ -154,27 +150,28 @@ def add_branch_gradients(pruner: TubeletPruner, branch: list[torch.nn.Parameter]
 
 
 def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrainOptions,
-               device: torch.device | None = None,
+               device: torch.device | None = None, ctx: DistContext | None = None,
                decoder: DecoderBackend | None = None) -> tuple[PrunerTrainer, list[dict], int, int]:
-    """Train; returns the trainer, the per-epoch history, how many clips failed to decode and how
-    many the CPU path decoded because `decoder` (default: options.decoder) could not."""
+    """Train (on the ranks of `ctx`, default this process alone); returns the trainer, the per-epoch
+    history, how many clips failed to decode and how many the CPU path decoded because `decoder`
+    (default: options.decoder) could not."""
+    ctx = ctx or DistContext()
     device = device or resolve_device(options.device)
     decoder = decoder or select_decoder(options.decoder, device)
     seed_everything(options.seed)
-    trainer = PrunerTrainer(pruner, options, device)
+    trainer = PrunerTrainer(pruner, options, device, ctx)
     cfg = pruner.config
     enc = cfg.encoder
     n_static = 2 if cfg.privacy_loss == "ntxent" else 0
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize,
                             augment=True, statics=n_static > 0, flip=options.flip, seed=options.seed,
                             decoder=decoder)
-    sampler = GlobalBatches(len(dataset), options.batch_size, options.seed)
+    sampler = GlobalBatches(len(dataset), options.batch_size, options.seed, ctx.rank, ctx.world_size)
     gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=n_static,
                      n_attributes=videos.attributes.shape[1])
     total = options.epochs * len(sampler)
     scheduler = warmup_cosine(trainer.optimizer, options.warmup_epochs * len(sampler), total)
     history, failed, fallbacks, step = [], 0, 0, 0
-    ctx = distributed.current()
     with EpochProgress("train-pruner", options.epochs, options.progress and ctx.is_main) as bar:
         for epoch in range(options.epochs):
             dataset.set_epoch(epoch)
@@ -186,7 +183,7 @@ def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTra
                 # (rows, clips that failed, clips decoded by the CPU fallback) per rank
                 counts = [(len(batch["action"]), batch["failed"], batch["fallbacks"])]
                 if ctx.enabled:
-                    counts = distributed.all_gather_objects(counts[0])
+                    counts = comm.all_gather_objects(ctx, counts[0])
                 sizes = [int(rows) for rows, _, _ in counts]
                 failed += sum(lost for _, lost, _ in counts)
                 fallbacks += sum(cpu for _, _, cpu in counts)
@@ -209,7 +206,7 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
              keep_ratio: float | None = None) -> dict[str, float]:
     """Action top-1 of the action head and, with attribute labels, cMAP of the privacy head, on the
     centre clip (centre crop) of each video."""
-    from anonfeat.audit.metrics import cmap
+    from anonfeat.probes.metrics import cmap
 
     device = next(pruner.parameters()).device
     enc = pruner.config.encoder
@@ -248,7 +245,15 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
     options = with_overrides(options, PrunerTrainOptions, overrides)
     options.validate()
     check_outputs({"--out": out}, {"VIDEOS": source, "--labels": labels, "--checkpoint": options.checkpoint})
-    ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
+    ctx = comm.init_from_env(partial(rank_device, options.device))  # torchrun: DDP over the ranks
+    try:
+        return _train_pruner(ctx, source, labels, out, options)
+    finally:
+        comm.shutdown(ctx)
+
+
+def _train_pruner(ctx: DistContext, source: str | Path, labels: str | Path, out: str | Path,
+                  options: PrunerTrainOptions) -> PrunerTrainReport:
     decoder = select_decoder(options.decoder, ctx.device)  # refused here, before any work
     label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes,
                             split_seed=options.split_seed, require_attributes=False)
@@ -266,10 +271,11 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
         options.encoder, options.checkpoint, options.random_init, actions=tuple(videos.action_classes),
         attributes=tuple(attributes), privacy_loss=privacy_loss, prune_blocks=tuple(options.prune_blocks),
         keep_rates=tuple(options.keep_rates), lam=options.lam, num_frames=options.clip_len)
-    trainer, history, failed, fallbacks = fit_pruner(pruner, fit, options, ctx.device, decoder)
+    trainer, history, failed, fallbacks = fit_pruner(pruner, fit, options, ctx.device, ctx, decoder)
     report = PrunerTrainReport(pruner=Path(out), train_videos=len(fit), val_videos=0 if val is None else len(val),
                                unmatched_labels=videos.unmatched_labels, unmatched_videos=videos.unmatched_videos,
-                               failed_videos=failed, decoder_fallbacks=fallbacks, history=history)
+                               failed_videos=failed, decoder_fallbacks=fallbacks, history=history,
+                               is_main=ctx.is_main)
     if not ctx.is_main:  # rank 0 alone evaluates and writes the pruner
         return report
     metrics = {}

@@ -36,8 +36,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from anonfeat.errors import AnonfeatError
-from anonfeat.video.reader import FrameReader, VideoInfo, _first_line
+from anonfeat.errors import AnonfeatError, first_line
+from anonfeat.video.reader import FrameReader, VideoInfo
 from anonfeat.video.resize import PilResize
 
 DECODER_CHOICES = ("auto", "cpu", "gpu")
@@ -107,7 +107,7 @@ def _load_nvdec() -> DecoderBackend:
         raise DecoderUnavailable(f"--decoder gpu needs {GPU_PACKAGE}, which is not installed: "
                                  "pip install 'anonfeat[gpu]', or use --decoder cpu") from None
     except Exception as exc:  # noqa: BLE001 - e.g. no CUDA driver library: one line, not a traceback
-        raise DecoderUnavailable(f"--decoder gpu: {GPU_PACKAGE} failed to load ({_first_line(exc)}); "
+        raise DecoderUnavailable(f"--decoder gpu: {GPU_PACKAGE} failed to load ({first_line(exc)}); "
                                  "use --decoder cpu") from None
     raise DecoderUnavailable(f"--decoder gpu: GPU decoding is not available in this build of anonfeat "
                              f"({GPU_PACKAGE} is installed, but the NVDEC backend has not landed); "

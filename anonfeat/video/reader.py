@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from anonfeat.errors import VideoError
+from anonfeat.errors import VideoError, first_line
 from anonfeat.video.resize import PilResize
 
 # Frames above this many pixels are refused before any frame is decoded (one decoded 8192x8192
@@ -173,7 +173,7 @@ class FrameReader:
         """VideoInfo from decord for a stream the PyAV path refused; without decord, the PyAV error."""
         decord = _import_decord()
         if decord is None:
-            raise VideoError(f"cannot decode: {_first_line(pyav_error)}{_DECORD_HINT}") from None
+            raise VideoError(f"cannot decode: {first_line(pyav_error)}{_DECORD_HINT}") from None
         try:
             with _native_stderr_silenced():
                 probe = decord.VideoReader(str(self.path), num_threads=1)
@@ -185,7 +185,7 @@ class FrameReader:
         except VideoError:
             raise
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
-            raise VideoError(f"cannot decode: {_first_line(exc)}") from None
+            raise VideoError(f"cannot decode: {first_line(exc)}") from None
 
     def _open_decord(self) -> None:
         decord = _import_decord()
@@ -195,7 +195,7 @@ class FrameReader:
             self._reader = decord.VideoReader(str(self.path), width=self._out_w, height=self._out_h,
                                               num_threads=self._num_threads)
         except Exception as exc:
-            raise VideoError(f"cannot decode: {_first_line(exc)}") from None
+            raise VideoError(f"cannot decode: {first_line(exc)}") from None
 
     def _decode(self, indices: list[int]) -> np.ndarray:
         """(len(indices), h, w, 3) uint8 for sorted, unique frame indices."""
@@ -208,7 +208,7 @@ class FrameReader:
                 self._sequential.close()
                 self._sequential = None
                 if _import_decord() is None:
-                    raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}"
+                    raise VideoError(f"decoding failed near frame {indices[0]}: {first_line(exc)}"
                                      f"{_DECORD_HINT}") from None
                 self._open_decord()
         try:
@@ -216,7 +216,7 @@ class FrameReader:
                 return np.stack([self._frame_resize(self._reader.get_batch([i]).asnumpy()[0]) for i in indices])
             return self._reader.get_batch(indices).asnumpy()
         except Exception as exc:
-            raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}") from None
+            raise VideoError(f"decoding failed near frame {indices[0]}: {first_line(exc)}") from None
 
     def close(self) -> None:
         """Release the decoders now (the frame cache is dropped too)."""
@@ -422,8 +422,3 @@ def _native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from anonfeat.errors import VideoError
-from anonfeat.killpoints import kill_point
-from anonfeat.video.discover import VideoItem
+from anonfeat import hooks
+from anonfeat.errors import VideoError, first_line
 from anonfeat.video.decoders import CPU, DecoderBackend, open_video
-from anonfeat.video.reader import _first_line
+from anonfeat.video.discover import VideoItem
 from anonfeat.video.resize import PilResize
 from anonfeat.video.sampling import Sampling, clip_frame_indices, static_frame_indices
 
@@ -80,18 +79,18 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
             fallback=fallback,
         )
         for start in range(0, len(clips), chunk_clips):
-            kill_point("decode")
+            hooks.fire("decode", item.key)
             frames, index = reader.frames(clips[start:start + chunk_clips])
             yield ClipChunk(item.key, CLIP, start, torch.from_numpy(frames), torch.from_numpy(index))
         if len(statics):
             rows = np.repeat(statics[:, None], sampling.clip_len, axis=1)
-            kill_point("decode")
+            hooks.fire("decode", item.key)
             frames, index = reader.frames(rows)
             yield ClipChunk(item.key, STATIC, 0, torch.from_numpy(frames), torch.from_numpy(index))
     except VideoError as exc:
         yield VideoFailed(item.key, str(item.path), str(exc))
     except Exception as exc:  # a bad video must never stop the run
-        yield VideoFailed(item.key, str(item.path), f"{type(exc).__name__}: {_first_line(exc)}")
+        yield VideoFailed(item.key, str(item.path), f"{type(exc).__name__}: {first_line(exc)}")
     finally:
         if reader is not None:
             reader.close()

@@ -1,11 +1,14 @@
-"""Loss functions of adapter (and pruner) training: pure functions of tensors."""
+"""Loss functions of adapter and pruner training: pure functions of tensors."""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from anonfeat.comm import DistContext, all_gather_with_grad
 
 
 def nt_xent(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -20,6 +23,14 @@ def nt_xent(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.1
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+def nt_xent_distributed(ctx: DistContext, view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.1,
+                        sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """NT-Xent over the global batch: each rank passes its rows of both views; every rank gets the
+    loss of the concatenated batch (negatives from all ranks) with gradients to its own rows.
+    Equal to `nt_xent` on the single-process batch; one process: `nt_xent` itself."""
+    return nt_xent(all_gather_with_grad(ctx, view_a, sizes), all_gather_with_grad(ctx, view_b, sizes), temperature)
 
 
 def nt_xent_chance(batch_size: int) -> float:

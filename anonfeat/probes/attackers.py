@@ -125,25 +125,40 @@ def train_selected(
     model.to(device)
     x = torch.from_numpy(fit.x).to(device)
     targets = torch.from_numpy(fit_targets).to(device)[torch.from_numpy(fit.owner).to(device)]
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best_score: tuple[float, ...] | None = None
     best_state, best_epoch = _copy_state(model), 0
+
+    def keep_best(epoch: int) -> None:
+        nonlocal best_score, best_state, best_epoch
+        score = val_score(predict_videos(model, val, device))
+        if best_score is None or score > best_score:
+            best_score, best_state, best_epoch = score, _copy_state(model), epoch
+
+    fit_rows(model, x, targets, loss_fn, config, seed, after_epoch=keep_best)
+    model.load_state_dict(best_state)
+    return model, best_epoch
+
+
+def fit_rows(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, loss_fn: Callable, config: TrainConfig,
+             seed: int, after_epoch: Callable[[int], None] | None = None) -> nn.Module:
+    """The training loop of every attacker and probe: AdamW (`config`) over the rows of `x` for
+    `config.epochs` epochs, in mini-batches of `config.batch_for(len(x))` rows shuffled by `seed`
+    (the global RNG is left alone); `after_epoch(epoch)` (1-based) after each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batch_size = config.batch_for(len(x))
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(x), generator=generator).to(device)
+        order = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), batch_size):
             batch = order[start:start + batch_size]
             loss = loss_fn(model(x[batch]), targets[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        score = val_score(predict_videos(model, val, device))
-        if best_score is None or score > best_score:
-            best_score, best_state, best_epoch = score, _copy_state(model), epoch
-    model.load_state_dict(best_state)
-    return model, best_epoch
+        if after_epoch is not None:
+            after_epoch(epoch)
+    return model
 
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:

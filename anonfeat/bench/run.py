@@ -6,15 +6,15 @@ H.264 with a keyframe every 2 s), with the same encoder, batch size and sampling
 - decode_cps:   the real decoding path alone (`clip_loader` workers + `to_clips` on the device);
 - encode_cps:   the encoder alone on ready, normalized clip batches;
 - e2e_cps:      `anonfeat.extract.extract` into a fresh HDF5 store;
-- naive_cps:    the way common extraction scripts work: one video at a time, each clip decoded on its
-                own at full resolution (decord `get_batch`, which seeks; PyAV seeking to the
-                clip's keyframe when decord is not installed: settings.naive_decoder), resized with
+- naive_cps:    the way common extraction scripts work (anonfeat.bench.naive): one video at a time,
+                each clip decoded on its own at full resolution (decord `get_batch`, which seeks; PyAV
+                seeking to the clip's keyframe when decord is not installed: settings.naive_decoder), resized with
                 `F.interpolate`, one clip per fp32 forward pass, each feature written as it comes;
 - sanitize_cps: the anonymizing adapter (random weights) over the features cached in the e2e store,
                 many videos per padded forward pass as `anonfeat sanitize` does (one video per pass,
                 as `extract --adapter` does, is reported as sanitize_per_video_cps);
 - rss_short_mb / rss_long_mb: peak memory of `extract` in a fresh process on a short and on a long
-                video of the same frame size: the main process's peak resident set plus each
+                video of the same frame size (anonfeat.bench.memory): the main process's peak resident set plus each
                 decoding worker's peak of private memory (pages shared after fork count once; the
                 sum of every process's own peak, which counts them in each, is rss_sum_mb).
 
@@ -25,26 +25,24 @@ share the same cores, so the best a pipeline can do is never to idle).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
+from anonfeat.bench.memory import extract_peak_rss
+from anonfeat.bench.naive import naive_decoder_name, naive_extract
 from anonfeat.errors import AnonfeatError
 from anonfeat.options import with_overrides
+from anonfeat.synth import write_texture_video
 
 RESULT_KEYS = ("decode_cps", "encode_cps", "e2e_cps", "naive_cps", "sanitize_cps", "speedup_vs_naive",
                "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device", "decoder")
@@ -105,56 +103,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _smooth_texture(rng: np.random.Generator, height: int, width: int, cell: int, low: int, high: int) -> np.ndarray:
-    small = torch.from_numpy(rng.integers(low, high, (1, 1, height // cell + 2, width // cell + 2)).astype(np.float32))
-    big = torch.nn.functional.interpolate(small, scale_factor=cell, mode="bilinear", align_corners=False)
-    return big[0, 0, :height, :width].round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def write_bench_video(path: str | Path, n_frames: int, width: int, height: int, fps: float = 30.0,
-                      seed: int = 0, preset: str = "veryfast", gop_seconds: float = 2.0) -> Path:
-    """A synthetic H.264 video: a smooth texture panning under a moving square, every frame different.
-
-    Frames are built directly in yuv420p (no colour conversion) so that even a 10-minute 720p video
-    takes only a few minutes to write; the file appears under its name only once complete.
-    """
-    import av
-    from fractions import Fraction
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    pad = 256
-    cell = max(8, min(width, height) // 24)
-    luma = _smooth_texture(rng, height + pad, width + pad, cell, 0, 256)
-    cb = _smooth_texture(rng, (height + pad) // 2, (width + pad) // 2, cell, 64, 192)
-    cr = _smooth_texture(rng, (height + pad) // 2, (width + pad) // 2, cell, 64, 192)
-    side = max(8, min(height, width) // 4) // 2 * 2
-    h2, w2 = height // 2, width // 2
-    tmp = path.with_name(path.name + ".part" + path.suffix)
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": preset, "crf": "23", "g": str(max(1, round(gop_seconds * fps)))}
-        buf = np.empty((height * 3 // 2, width), np.uint8)
-        y_plane = buf[:height]
-        u_plane = buf[height:height + height // 4].reshape(h2, w2)
-        v_plane = buf[height + height // 4:].reshape(h2, w2)
-        for t in range(n_frames):
-            dx, dy = (2 * t) % pad, t % pad
-            y_plane[:] = luma[dy:dy + height, dx:dx + width]
-            sx, sy = (5 * t) % max(1, width - side), (3 * t) % max(1, height - side)
-            y_plane[sy:sy + side, sx:sx + side] = (40 + 3 * t) % 256
-            u_plane[:] = cb[dy // 2:dy // 2 + h2, dx // 2:dx // 2 + w2]
-            v_plane[:] = cr[dy // 2:dy // 2 + h2, dx // 2:dx // 2 + w2]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(buf, format="yuv420p")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)
-    return path
-
-
 def bench_video_set(root: Path, n_videos: int, n_frames: int, width: int, height: int, fps: float,
                     log: Log) -> list:
     """The throughput set, generated once per (count, length, size) under `root`."""
@@ -167,7 +115,7 @@ def bench_video_set(root: Path, n_videos: int, n_frames: int, width: int, height
         if not path.is_file():
             if i == 0 or not items:
                 log(f"generating {n_videos} videos of {n_frames} frames at {width}x{height} in {folder}")
-            write_bench_video(path, n_frames, width, height, fps, seed=i)
+            write_texture_video(path, n_frames, width, height, fps, seed=i)
         items.append(VideoItem(path.name, path))
     return items
 
@@ -177,7 +125,7 @@ def bench_long_video(root: Path, seconds: float, width: int, height: int, fps: f
     if not path.is_file():
         log(f"generating a {seconds:g} s {width}x{height} video in {path} (cached for later runs with --cache-dir)")
         # ultrafast keeps a 10-minute 720p video at a few minutes to write; memory does not depend on it
-        write_bench_video(path, max(1, round(seconds * fps)), width, height, fps, seed=1000, preset="ultrafast")
+        write_texture_video(path, max(1, round(seconds * fps)), width, height, fps, seed=1000, preset="ultrafast")
     return path
 
 
@@ -286,79 +234,6 @@ def end_to_end(items: list, store: Path, encoder, options: BenchOptions, samplin
     return result
 
 
-def naive_clip_reader(path: Path):
-    """(frame count, read(frame_ids) -> (T, H, W, 3) uint8 at full size) the way common scripts do it:
-    decord's `get_batch` (it seeks per call) when decord is installed, else PyAV seeking to the
-    keyframe before each clip and decoding forward to its last frame."""
-    from anonfeat.video.reader import _import_decord
-
-    decord = _import_decord()
-    if decord is not None:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        return len(reader), lambda ids: reader.get_batch(ids).asnumpy()
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
-
-    def read(ids: list[int]) -> np.ndarray:
-        wanted = {pts[i]: i for i in ids}
-        frames: dict[int, np.ndarray] = {}
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            container.seek(pts[min(ids)], stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts in wanted:
-                    frames[wanted[frame.pts]] = frame.to_ndarray(format="rgb24")
-                if frame.pts is not None and frame.pts >= pts[max(ids)]:
-                    break
-        return np.stack([frames[i] for i in ids])
-
-    return len(pts), read
-
-
-def naive_decoder_name() -> str:
-    from anonfeat.video.reader import _import_decord
-
-    return "decord" if _import_decord() is not None else "pyav"
-
-
-def naive_extract(items: list, out: Path, encoder, sampling, device: torch.device) -> tuple[int, float]:
-    """The common script: per video, per clip: decode the clip at full size, resize, fp32 batch of 1, write."""
-    import h5py
-    import torch.nn.functional as F
-
-    from anonfeat.video.sampling import clip_frame_indices
-
-    cfg = encoder.config
-    size = cfg.img_size
-    mean = torch.tensor(cfg.mean, device=device).view(3, 1, 1, 1)
-    std = torch.tensor(cfg.std, device=device).view(3, 1, 1, 1)
-    clips = 0
-    started = time.perf_counter()
-    with h5py.File(out, "w") as f:
-        for item in items:
-            n_frames, read = naive_clip_reader(item.path)
-            indices = clip_frame_indices(n_frames, sampling)
-            dataset = f.create_dataset(item.key, (len(indices), cfg.embed_dim), dtype="float32")
-            for row, frame_ids in enumerate(indices):
-                frames = torch.from_numpy(read(frame_ids.tolist())).to(device)
-                x = frames.permute(0, 3, 1, 2).float().div(255.0)  # (T, 3, H, W)
-                h, w = x.shape[-2:]
-                scale = size / min(h, w)
-                x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                                  mode="bilinear", align_corners=False)
-                top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-                x = x[:, :, top:top + size, left:left + size].permute(1, 0, 2, 3)  # (3, T, s, s)
-                x = ((x - mean) / std)[None]
-                with torch.no_grad():
-                    feature = encoder(x)
-                dataset[row] = feature[0].cpu().numpy()
-                clips += 1
-    return clips, time.perf_counter() - started
-
-
 def sanitize_throughput(store: Path, device: torch.device, min_seconds: float = 1.0,
                         group_size: int = 128) -> tuple[float, float, int]:
     """Clips/s of a randomly initialized adapter over the features cached in `store`.
@@ -406,195 +281,6 @@ def sanitize_throughput(store: Path, device: torch.device, min_seconds: float = 
         return len(every)
 
     return rate(grouped), rate(per_video), int(statistics.median(len(f) for f in feats))
-
-
-# -- peak memory ----------------------------------------------------------------------------------
-_MEMORY_SCRIPT = r"""
-import json, sys
-from pathlib import Path
-from anonfeat.extract import ExtractOptions, extract
-from anonfeat.video.discover import VideoItem
-args = json.loads(sys.argv[1])
-video = Path(args["video"])
-result = extract([VideoItem(video.name, video)], args["out"], ExtractOptions(**args["options"]))
-# VmHWM, not ru_maxrss: after fork + exec, ru_maxrss also counts the peak of the pre-exec copy of
-# the process that started us (the whole benchmark), while VmHWM belongs to this program's own memory.
-status = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
-          if k in ("VmHWM", "RssAnon", "RssFile")}
-print("ANONFEAT_BENCH " + json.dumps({
-    "rss_anon_end_kb": status.get("RssAnon", 0), "rss_file_end_kb": status.get("RssFile", 0),
-    "self_kb": status["VmHWM"], "clips": result.clips, "seconds": result.seconds, "failed": result.failed,
-    "heap_trims": result.heap_trims, "heap_trim_seconds": result.heap_trim_seconds}))
-"""
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    kids = [int(k) for k in f.read().split()]
-                out.extend(kids)
-                todo.extend(kids)
-        except OSError:
-            pass
-    return out
-
-
-def _vm_hwm_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _rollup_kb(pid: int) -> dict[str, int]:
-    """Pss and Private (clean + dirty: pages no other process maps) of a process, in kB."""
-    out = {"Pss": 0, "Private": 0}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key == "Pss":
-                    out["Pss"] = int(rest.split()[0])
-                elif key in ("Private_Clean", "Private_Dirty"):
-                    out["Private"] += int(rest.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())[:80]
-    except OSError:
-        return ""
-
-
-class _TreePoller:
-    """Per-process peaks of a process tree, for `extract_peak_rss`.
-
-    Only the root's long-lived descendants (the decoding workers) are counted. Helpers that the
-    libraries start with fork/vfork + exec at import time (`ldconfig -p` from ctypes, `uname -p`
-    from `platform`) are not: before their exec they share (vfork) or copy-on-write (fork) the
-    root's memory, and /proc then shows the root's own VmHWM under their pid; counting them
-    added the main process a second time (the 448 MB "second child" of an earlier bench run). A sample is
-    kept only while the pid runs the same executable as when it was first seen, the pid must be
-    seen in two polls to count, and a sample whose VmHWM equals the root's (same memory) is dropped.
-    """
-
-    def __init__(self, root: int, private_interval: float):
-        self.root = root
-        self.private_interval = private_interval
-        self.vm_hwm: dict[int, int] = {}  # counted pid -> peak VmHWM (kB)
-        self.private: dict[int, int] = {}  # counted pid -> peak Private (kB)
-        self.pss_peak = 0
-        self._seen: dict[int, dict] = {}
-        self._next_rollup = 0.0
-
-    def poll(self) -> None:
-        kids = _descendants(self.root)
-        root_hwm = _vm_hwm_kb(self.root)
-        for pid in kids:
-            exe, hwm = _exe(pid), _vm_hwm_kb(pid)
-            if exe is None or hwm is None:
-                continue
-            info = self._seen.get(pid)
-            if info is None or info["exe"] != exe:  # new, or exec'd since: what came before was not its own
-                info = self._seen[pid] = {"exe": exe, "polls": 0, "hwm": 0, "shown": 0, "cmdline": _cmdline(pid)}
-                self.vm_hwm.pop(pid, None)
-                self.private.pop(pid, None)
-            info["shown"] = max(info["shown"], hwm)
-            if root_hwm is not None and hwm == root_hwm:
-                continue  # a vfork child before its exec: the root's own memory
-            info["polls"] += 1
-            info["hwm"] = max(info["hwm"], hwm)
-            if info["polls"] >= 2:
-                self.vm_hwm[pid] = info["hwm"]
-                if pid not in self.private:  # a worker just counted: its private memory now, not in 0.25 s
-                    self.private[pid] = _rollup_kb(pid)["Private"]
-        if time.monotonic() >= self._next_rollup:
-            total = _rollup_kb(self.root)["Pss"]
-            for pid in kids:
-                if pid in self.vm_hwm:
-                    rollup = _rollup_kb(pid)
-                    total += rollup["Pss"]
-                    self.private[pid] = max(self.private.get(pid, 0), rollup["Private"])
-            self.pss_peak = max(self.pss_peak, total)
-            self._next_rollup = time.monotonic() + self.private_interval
-
-    def helpers(self) -> list[dict]:
-        """The descendants seen but not counted: command line and the VmHWM /proc showed (MB)."""
-        return [{"cmdline": info["cmdline"], "vm_hwm_mb": info["shown"] / 1024}
-                for pid, info in sorted(self._seen.items()) if pid not in self.vm_hwm]
-
-
-def extract_peak_rss(video: Path, out: Path, options: dict, timeout: float | None = None,
-                     pss_interval: float = 0.25) -> dict:
-    """Run extract on one video in a fresh process; its peak memory and its decoding workers' (MB).
-
-    `rss_mb` (the headline) is the physical memory the run needs: the main process's peak resident
-    set (VmHWM: every page it maps, libraries included) plus each decoding worker's peak of private
-    memory (pages no other process maps, sampled every `pss_interval` s). A worker is forked from
-    the main process after torch and the model are loaded, so most of its resident set (480-520
-    of about 580 MB here) is the main process's pages, shared copy-on-write; counting them again overstated
-    the need by about that much.
-    `rss_sum_mb` is the former figure, the sum of each process's VmHWM (an upper bound that counts
-    the pages shared after fork in every process). `pss_mb` is the largest sum of proportional set
-    sizes seen: below the need whenever other processes (the benchmark itself) map the same
-    libraries, since their pages are then split with processes outside the run.
-    """
-    out = Path(out)
-    if out.exists():
-        out.unlink()  # a store that already holds the video would make extract skip it
-    cmd = [sys.executable, "-c", _MEMORY_SCRIPT, json.dumps({"video": str(video), "out": str(out), "options": options})]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    poller = _TreePoller(proc.pid, pss_interval)
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            poller.poll()
-            stop.wait(0.02)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    finally:
-        stop.set()
-        thread.join()
-    line = next((ln for ln in stdout.splitlines() if ln.startswith("ANONFEAT_BENCH ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        raise AnonfeatError(f"memory run on {video.name} failed (exit {proc.returncode}): {tail}")
-    report = json.loads(line.split(" ", 1)[1])
-    if report["failed"]:
-        raise AnonfeatError(f"memory run on {video.name} failed: {report['failed']}")
-    pids = sorted(poller.vm_hwm, key=lambda pid: -poller.vm_hwm[pid])
-    workers = [poller.vm_hwm[pid] for pid in pids]
-    private = [poller.private.get(pid, 0) for pid in pids]
-    main_kb = report["self_kb"]
-    return {"rss_mb": (main_kb + sum(private)) / 1024, "rss_sum_mb": (main_kb + sum(workers)) / 1024,
-            "pss_mb": poller.pss_peak / 1024, "main_mb": main_kb / 1024,
-            "workers_mb": [w / 1024 for w in workers], "workers_private_mb": [p / 1024 for p in private],
-            "helpers": poller.helpers(), "clips": report["clips"], "seconds": report["seconds"],
-            "heap_trims": report["heap_trims"], "heap_trim_seconds": report["heap_trim_seconds"],
-            "main_end_anon_mb": report["rss_anon_end_kb"] / 1024, "main_end_file_mb": report["rss_file_end_kb"] / 1024}
 
 
 # -- the whole benchmark ------------------------------------------------------------------------
@@ -738,23 +424,3 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         "machine": machine_info(device),
     }
     return result
-
-
-def targets(result: dict) -> list[tuple[str, str, bool | None]]:
-    """(figure, target, met) for the issue's targets; met is None when not measured."""
-    cuda = result["device"].startswith("cuda")
-    rows = [("overlap_efficiency", ">= 0.8" if cuda else ">= 0.9",
-             result["overlap_efficiency"] >= (0.8 if cuda else 0.9))]
-    dense = result["settings"]["clip_stride"] < result["settings"]["clip_len"] * result["settings"]["frame_stride"]
-    rows.append(("speedup_vs_naive", ">= 2 (dense)" if dense else ">= 2 (dense only; this run is not dense)",
-                 result["speedup_vs_naive"] >= 2 if dense else None))
-    if result["rss_short_mb"] is not None:
-        rows.append(("rss_long_mb", f"<= 1.2 x rss_short_mb = {1.2 * result['rss_short_mb']:.0f}",
-                     result["rss_long_mb"] <= 1.2 * result["rss_short_mb"]))
-    else:
-        rows.append(("rss_long_mb", "<= 1.2 x rss_short_mb", None))
-    if cuda:
-        fraction = result["encode_peak_fraction"]
-        rows.append(("encode_peak_fraction", ">= 0.40 of bf16 peak (videomae-b 16x224)",
-                     None if fraction is None else fraction >= 0.4))
-    return rows
