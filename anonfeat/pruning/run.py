@@ -11,10 +11,10 @@ import torch
 
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
-from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, _check_options, sampling_for,
-                              store_header, write_store)
+from anonfeat.extract import FEATURES, ClipJob, ExtractResult, sampling_for, store_header, write_store
 from anonfeat.options import with_overrides
 from anonfeat.pruning.io import LoadedPruner, load_pruner
+from anonfeat.pruning.options import PruneOptions  # noqa: F401  (re-exported: the API's `anonfeat.PruneOptions`)
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.store import StoreHeader, VideoRecord
 from anonfeat.video.discover import VideoItem
@@ -29,16 +29,6 @@ def kept_dataset(block: int) -> str:
 
 def scores_dataset(block: int) -> str:
     return f"pruning/scores_{block}"
-
-
-@dataclass
-class PruneOptions(ExtractOptions):
-    """Extract's flags (frame_stride None: the stride the pruner was trained with) plus pruning's."""
-
-    frame_stride: int | None = None  # type: ignore[assignment]
-    keep_ratio: float | None = None
-    save_videos: str | Path | None = None
-    save_heatmaps: str | Path | None = None
 
 
 def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Sampling,
@@ -90,10 +80,14 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     device = resolve_device(options.device)
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
     loaded.model.to(device)
+    options.validate()
     trained = loaded.info.get("sampling", {})
-    if options.frame_stride is None:
-        options.frame_stride = int(trained.get("frame_stride", 4))
-    _check_options(options)
+    if options.frame_stride is None and options.sample_fps is None:  # sample as the pruner was trained
+        if trained.get("sample_fps") is not None:
+            options.sample_fps = float(trained["sample_fps"])
+        else:
+            options.frame_stride = int(trained.get("frame_stride") or 4)
+    options.validate()
     cfg = loaded.config
     if options.clip_len not in (None, cfg.encoder.clip_len):
         raise AnonfeatError(f"--clip-len {options.clip_len}: pruner {loaded.path.name} takes clips of "
