@@ -16,7 +16,7 @@ _LAZY = {
     "EncoderConfig": "anonfeat.encoders.config",
     "FeatureStore": "anonfeat.store",
     "extract": "anonfeat.extract",
-    "ExtractOptions": "anonfeat.extract",
+    "ExtractOptions": "anonfeat.options",
     "make_benchmark": "anonfeat.synth",
     "AnonfeatError": "anonfeat.errors",
     "load_adapter": "anonfeat.adapter.io",
@@ -25,7 +25,7 @@ _LAZY = {
     "sanitize_store": "anonfeat.adapter.sanitize",
     "train_pruner": "anonfeat.pruning.train",
     "prune": "anonfeat.pruning.run",
-    "PruneOptions": "anonfeat.pruning.run",
+    "PruneOptions": "anonfeat.pruning.options",
     "load_pruner": "anonfeat.pruning.io",
 }
 

@@ -20,7 +20,7 @@ Layout (readable with plain h5py, see README "HDF5 layout"):
 Write protocol, per video (`write_video`): check the disk and file-size limit leave room (else
 OSError before anything is written); delete a group left by an interrupted run and flush (its space
 is then never reused while the file on disk still points to it); write the datasets and attributes;
-set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
+flush; set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
 ones. What this survives is tested with SIGKILL at each step (README "Guarantees").
 """
 
@@ -319,6 +319,9 @@ class FeatureStore:
             group.create_dataset(name, data=np.asarray(value), **opts)
         for name, value in record.attrs.items():
             group.attrs[name] = value
+        # The data reaches the file before the mark does: when a write fails inside HDF5 (disk full),
+        # it fails here, and the video is left unmarked instead of marked over data that never landed.
+        self._file.flush()
         kill_point("write-mark")
         group.attrs["complete"] = True
         self._drop(FAILURES, record.key)

@@ -117,6 +117,12 @@ def test_validation_lives_in_the_options():
         ExtractOptions(dtype="int8").validate()
     with pytest.raises(AnonfeatError, match="--batch-size 0: give at least 1"):
         ExtractOptions(batch_size=0).validate()
+    from anonfeat.pruning.options import PruneOptions, PrunerTrainOptions
+
+    with pytest.raises(AnonfeatError, match="not available with --sample-fps"):
+        PruneOptions(sample_fps=5, save_videos="anonymized").validate()
+    with pytest.raises(AnonfeatError, match="--privacy-loss 'x': choose auto, attributes or ntxent"):
+        PrunerTrainOptions(privacy_loss="x").validate()
 
 
 # -- a tiny end-to-end chain, every command with --json - ---------------------------------------

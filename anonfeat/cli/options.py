@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
 import typer
+from rich.markup import escape
 
 from anonfeat.cli.output import STDOUT, Output
 from anonfeat.options import Flag, flag_of
@@ -175,7 +176,7 @@ def command(app: typer.Typer, name: str, options: type | None = None, exclude: t
                 if ui.quiet and hasattr(built, "progress"):
                     built.progress = False
                 built.validate()
-                ui.detail(f"options: {built}")
+                ui.detail(f"options: {escape(repr(built))}")
                 call["options"] = built
             return func(**call, ui=ui)
 

@@ -79,7 +79,7 @@ class PruneOptions(ExtractOptions):
 
     frame_stride: int | None = frame_stride_option("the pruner's training sampling")
     keep_ratio: float | None = option(None, "Keep rate for every pruning block (overrides the trained schedule; "
-                                            "1.0 prunes nothing).", min=0.0, max=1.0)
+                                            "1.0 prunes nothing; the pruner checks the range).")
     save_videos: str | Path | None = option(None, "Write anonymized mp4s here (dropped tubelets black, source "
                                                   "resolution).", cli_type=Optional[Path])
     save_heatmaps: str | Path | None = option(None, "Write score-map PNGs here.", cli_type=Optional[Path])
