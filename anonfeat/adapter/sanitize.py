@@ -79,6 +79,7 @@ def _sanitize_group(adapter: LoadedAdapter, records: list[VideoRecord]) -> list[
         if static is not None:
             refuse_unchanged(adapter, f"video {record.key}'s static clips", record.static_features, static.numpy())
         out.append(VideoRecord(key=record.key, clip_features=clip.numpy(), clip_ranges=record.clip_ranges,
+                               clip_times=record.clip_times,
                                static_features=None if static is None else static.numpy(),
                                static_frames=record.static_frames, attrs=record.attrs))
     return out
