@@ -1,7 +1,7 @@
 """anonfeat: video features from frozen encoders, without leaking who is in the videos.
 
 The Python API mirrors the CLI: `load_encoder`, `extract`, `FeatureStore`, ...
-Heavy modules (torch, decord) are imported on first use so `anonfeat --version` stays instant.
+Heavy modules (torch, PyAV) are imported on first use so `anonfeat --version` stays instant.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ _LAZY = {
     "prune": "anonfeat.pruning.run",
     "PruneOptions": "anonfeat.pruning.options",
     "load_pruner": "anonfeat.pruning.io",
+    "load_labels": "anonfeat.labels",
+    "stratified_split": "anonfeat.labels",
+    "audit_stores": "anonfeat.audit.runner",
 }
 
 __all__ = ["__version__", *_LAZY]

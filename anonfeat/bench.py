@@ -7,7 +7,8 @@ H.264 with a keyframe every 2 s), with the same encoder, batch size and sampling
 - encode_cps:   the encoder alone on ready, normalized clip batches;
 - e2e_cps:      `anonfeat.extract.extract` into a fresh HDF5 store;
 - naive_cps:    the way common extraction scripts work: one video at a time, each clip decoded on its
-                own at full resolution (decord `get_batch`, which seeks), resized with
+                own at full resolution (decord `get_batch`, which seeks; PyAV seeking to the
+                clip's keyframe when decord is not installed: settings.naive_decoder), resized with
                 `F.interpolate`, one clip per fp32 forward pass, each feature written as it comes;
 - sanitize_cps: the anonymizing adapter (random weights) over the features cached in the e2e store,
                 many videos per padded forward pass as `anonfeat sanitize` does (one video per pass,
@@ -46,7 +47,7 @@ from anonfeat.errors import AnonfeatError
 from anonfeat.options import BenchOptions, parse_size, with_overrides
 
 RESULT_KEYS = ("decode_cps", "encode_cps", "e2e_cps", "naive_cps", "sanitize_cps", "speedup_vs_naive",
-               "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device")
+               "overlap_efficiency", "rss_short_mb", "rss_long_mb", "device", "decoder")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common cards, matched on the device name.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0,
@@ -145,18 +146,11 @@ def bench_long_video(root: Path, seconds: float, width: int, height: int, fps: f
 
 # -- FLOPs ----------------------------------------------------------------------------------------
 def encoder_flops_per_clip(cfg) -> float:
-    """Forward FLOPs (2 x multiply-adds) of one clip through a VideoMAE-style ViT.
+    """Forward FLOPs (2 x multiply-adds) of one clip, as the encoder's family counts them (NaN where
+    it has no formula); see EncoderFamily.flops_per_clip."""
+    from anonfeat.encoders.families import family_of
 
-    Counted: tubelet embedding, per block qkv + attention scores + attention x values + projection
-    + the two MLP layers. Not counted (< 1%): norms, softmax, GELU, biases, pooling.
-    """
-    if cfg.family != "videomae":
-        return float("nan")
-    n, d, hidden = cfg.num_tokens, cfg.embed_dim, cfg.mlp_hidden
-    t, p, _ = cfg.tubelet
-    embed = 2 * n * d * 3 * t * p * p
-    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-    return float(embed + cfg.depth * per_block)
+    return family_of(cfg).flops_per_clip(cfg)
 
 
 def bf16_peak_tflops(device: torch.device) -> float | None:
@@ -193,8 +187,11 @@ def _median(values: list[float]) -> float:
 
 
 # -- the phases -----------------------------------------------------------------------------------
-def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, device: torch.device) -> tuple[int, float]:
-    """(clips, seconds) through the extract loader and `to_clips`, without the encoder."""
+def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, device: torch.device,
+                decoder=None) -> tuple[int, float]:
+    """(clips, seconds) through the extract loader (`decoder`, default the CPU path) and `to_clips`,
+    without the encoder."""
+    from anonfeat.encoders import frame_resize
     from anonfeat.extract import clip_loader
     from anonfeat.video.stream import ClipChunk, to_clips
 
@@ -204,7 +201,8 @@ def decode_only(items: list, sampling, encoder, batch_size: int, workers: int, d
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     clips = 0
     started = time.perf_counter()
-    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device):
+    for message in clip_loader(items, sampling, cfg.img_size, batch_size, workers, device,
+                               frame_resize(cfg, sampling.resize), decoder):
         if isinstance(message, ClipChunk):
             frames = message.frames.to(device, non_blocking=True)
             index = message.index.to(device, non_blocking=True)
@@ -243,16 +241,54 @@ def end_to_end(items: list, store: Path, encoder, options: BenchOptions, samplin
     if store.exists():
         store.unlink()
     opts = ExtractOptions(batch_size=options.batch_size, workers=options.workers, device=options.device,
-                          dtype="float16", progress=False, compile=options.compile, **sampling_kw)
+                          dtype="float16", progress=False, compile=options.compile, decoder=options.decoder,
+                          **sampling_kw)
     result = extract(items, store, opts, encoder=encoder)
     if result.failed:
         raise AnonfeatError(f"bench extraction failed: {result.failed}")
     return result
 
 
+def naive_clip_reader(path: Path):
+    """(frame count, read(frame_ids) -> (T, H, W, 3) uint8 at full size) the way common scripts do it:
+    decord's `get_batch` (it seeks per call) when decord is installed, else PyAV seeking to the
+    keyframe before each clip and decoding forward to its last frame."""
+    from anonfeat.video.reader import _import_decord
+
+    decord = _import_decord()
+    if decord is not None:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        return len(reader), lambda ids: reader.get_batch(ids).asnumpy()
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
+
+    def read(ids: list[int]) -> np.ndarray:
+        wanted = {pts[i]: i for i in ids}
+        frames: dict[int, np.ndarray] = {}
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            container.seek(pts[min(ids)], stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts in wanted:
+                    frames[wanted[frame.pts]] = frame.to_ndarray(format="rgb24")
+                if frame.pts is not None and frame.pts >= pts[max(ids)]:
+                    break
+        return np.stack([frames[i] for i in ids])
+
+    return len(pts), read
+
+
+def naive_decoder_name() -> str:
+    from anonfeat.video.reader import _import_decord
+
+    return "decord" if _import_decord() is not None else "pyav"
+
+
 def naive_extract(items: list, out: Path, encoder, sampling, device: torch.device) -> tuple[int, float]:
     """The common script: per video, per clip: decode the clip at full size, resize, fp32 batch of 1, write."""
-    import decord
     import h5py
     import torch.nn.functional as F
 
@@ -266,11 +302,11 @@ def naive_extract(items: list, out: Path, encoder, sampling, device: torch.devic
     started = time.perf_counter()
     with h5py.File(out, "w") as f:
         for item in items:
-            reader = decord.VideoReader(str(item.path), num_threads=1)
-            indices = clip_frame_indices(len(reader), sampling)
+            n_frames, read = naive_clip_reader(item.path)
+            indices = clip_frame_indices(n_frames, sampling)
             dataset = f.create_dataset(item.key, (len(indices), cfg.embed_dim), dtype="float32")
             for row, frame_ids in enumerate(indices):
-                frames = torch.from_numpy(reader.get_batch(frame_ids.tolist()).asnumpy()).to(device)
+                frames = torch.from_numpy(read(frame_ids.tolist())).to(device)
                 x = frames.permute(0, 3, 1, 2).float().div(255.0)  # (T, 3, H, W)
                 h, w = x.shape[-2:]
                 scale = size / min(h, w)
@@ -419,7 +455,7 @@ class _TreePoller:
     libraries start with fork/vfork + exec at import time (`ldconfig -p` from ctypes, `uname -p`
     from `platform`) are not: before their exec they share (vfork) or copy-on-write (fork) the
     root's memory, and /proc then shows the root's own VmHWM under their pid; counting them
-    added the main process a second time (the 448 MB "second child" of README run D). A sample is
+    added the main process a second time (the 448 MB "second child" of an earlier bench run). A sample is
     kept only while the pid runs the same executable as when it was first seen, the pid must be
     seen in two polls to count, and a sample whose VmHWM equals the root's (same memory) is dropped.
     """
@@ -562,6 +598,9 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
     width, height = parse_size(options.size)
     long_w, long_h = parse_size(options.long_size)
     device = resolve_device(options.device)
+    from anonfeat.video.decoders import select_decoder
+
+    decoder = select_decoder(options.decoder, device)  # refused here, before any video is generated
     compiled = use_compile(options.compile, device)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -582,7 +621,8 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         n_clips = 0
         for r in range(options.repeats):
             log(f"round {r + 1}/{options.repeats}: decode-only")
-            clips, seconds = decode_only(items, sampling, encoder, options.batch_size, options.workers, device)
+            clips, seconds = decode_only(items, sampling, encoder, options.batch_size, options.workers, device,
+                                         decoder)
             samples.decode.append(clips / seconds)
             n_clips = clips
             log(f"round {r + 1}/{options.repeats}: encode-only")
@@ -605,7 +645,8 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         if not options.skip_memory:
             mem_opts = dict(encoder=cfg.name, checkpoint=None if options.checkpoint is None else str(options.checkpoint),
                             random_init=options.checkpoint is None, batch_size=options.batch_size,
-                            workers=options.workers, device=options.device, progress=False, **sampling_kw)
+                            workers=options.workers, device=options.device, progress=False,
+                            decoder=options.decoder, **sampling_kw)
             for name, seconds in (("short", options.short_seconds), ("long", options.long_seconds)):
                 video = bench_long_video(cache, seconds, long_w, long_h, options.fps, log)
                 log(f"peak memory: extract on the {name} video ({seconds:g} s {long_w}x{long_h})")
@@ -625,6 +666,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
         "rss_short_mb": memory["short"]["rss_mb"] if memory else None,
         "rss_long_mb": memory["long"]["rss_mb"] if memory else None,
         "device": str(device),
+        "decoder": decoder.name,
         "overlap_bound_cps": overlap_bound(decode_cps, encode_cps, device),
         "sanitize_per_video_cps": sanitize_per_video_cps,
         "e2e_decode_wait_s": _median(samples.e2e_decode_wait_s),  # per e2e run, median of the rounds
@@ -651,6 +693,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
             "short_seconds": options.short_seconds, "long_size": f"{long_w}x{long_h}",
             "skip_memory": options.skip_memory, "stored_dtype": "float16",
             "compute_dtype": "bfloat16" if device.type == "cuda" else "float32", "compile": compiled,
+            "naive_decoder": naive_decoder_name(),
         },
         "machine": machine_info(device),
     }

@@ -543,6 +543,8 @@ def run_sharded(videos: Sequence, out: str | os.PathLike, run_one_shard: ShardFn
                             skipped=sorted(done | {k for res in results for k in res.skipped}),
                             failed=dict(sorted(failed.items())), clips=sum(res.clips for res in results),
                             seconds=time.perf_counter() - started)
+            if hasattr(final, "decoder_fallbacks"):  # videos each rank's decoder left to the CPU path
+                final.decoder_fallbacks = sorted(k for res in results for k in res.decoder_fallbacks)
             if not keep_shards:
                 shutil.rmtree(directory, ignore_errors=True)
             final = ("ok", final)
@@ -592,8 +594,10 @@ def extract_sharded(source: str | os.PathLike | Iterable, out: str | os.PathLike
     per process however many stores it writes."""
     from anonfeat.device import resolve_device
     from anonfeat.extract import ExtractOptions, extract
+    from anonfeat.video.decoders import select_decoder
 
     options = with_overrides(options, ExtractOptions, overrides)
+    select_decoder(options.decoder, resolve_device(options.device))  # --decoder refused before any work
     loaded: dict = {}
 
     def run(items: list, path: Path, opts):

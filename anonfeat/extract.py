@@ -22,14 +22,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anonfeat.device import CompiledForward, autocast, resolve_device, use_compile
+from anonfeat.encoders import frame_resize
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.heap import HeapTrimmer
 from anonfeat.options import ExtractOptions, with_overrides
 from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
+from anonfeat.video.decoders import DecoderBackend, select_decoder
 from anonfeat.video.discover import VideoItem, find_videos
 from anonfeat.video.reader import _first_line
+from anonfeat.video.resize import PilResize
 from anonfeat.video.sampling import Sampling
 from anonfeat.video.stream import CLIP, STATIC, ClipChunk, VideoClipStream, VideoFailed, VideoStart, to_clips
 
@@ -72,6 +75,8 @@ class ExtractResult:
     device_wait_s: float = 0.0  # time it waited for the model's outputs (the model is the bound)
     heap_trims: int = 0  # malloc_trim calls of the main process (anonfeat.heap) and their total time
     heap_trim_seconds: float = 0.0
+    decoder: str = "cpu"  # the backend that decoded the run (--decoder resolved)
+    decoder_fallbacks: list[str] = field(default_factory=list)  # videos it could not decode: the CPU path did
 
     @property
     def exit_code(self) -> int:
@@ -225,6 +230,7 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     options = with_overrides(options, ExtractOptions, overrides)
     options.validate()
     device = resolve_device(options.device)
+    decoder = select_decoder(options.decoder, device)  # refused here, before any model is loaded
     if encoder is None:
         from anonfeat.encoders import load_encoder
 
@@ -243,17 +249,20 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
         loaded.check_store(header, f"--encoder {cfg.name}")
         header, transform = sanitized_header(header, loaded), feature_transform(loaded)
     job = encoder_job(encoder, transform, compile=use_compile(options.compile, device))
-    return write_store(source, out, header, sampling, job, options, device)
+    return write_store(source, out, header, sampling, job, options, device, decoder)
 
 
 def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, header: StoreHeader, sampling: Sampling,
-                job: ClipJob, options: ExtractOptions, device: torch.device) -> ExtractResult:
+                job: ClipJob, options: ExtractOptions, device: torch.device,
+                decoder: DecoderBackend | None = None) -> ExtractResult:
     """The per-video loop every store-writing command shares: discover, skip finished videos, decode,
-    run `job` on batches of clips, write each video as it completes; bad videos are recorded and skipped."""
+    run `job` on batches of clips, write each video as it completes; bad videos are recorded and skipped.
+    `decoder`: the backend (default: `options.decoder` resolved for `device`)."""
+    decoder = decoder or select_decoder(options.decoder, device)
     videos = find_videos(source) if isinstance(source, (str, Path)) else list(source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = ExtractResult(store=out, total=len(videos))
+    result = ExtractResult(store=out, total=len(videos), decoder=decoder.name)
     started = time.perf_counter()
     with FeatureStore(out, "a") as store:
         store.initialize(header)
@@ -262,7 +271,7 @@ def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, heade
             (result.skipped if store.is_complete(item.key) else todo).append(item)
         writer = StoreWriter(store, options.compression, job.on_video)
         try:
-            _run(todo, job, sampling, options, device, writer, result)
+            _run(todo, job, sampling, options, device, writer, result, decoder)
         finally:
             writer.close()
             for key, error in writer.late_failures.items():
@@ -273,24 +282,28 @@ def write_store(source: str | Path | Iterable[VideoItem], out: str | Path, heade
 
 
 def clip_loader(videos: list[VideoItem], sampling: Sampling, input_size: int, batch_size: int, workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, frame_resize: PilResize | None = None,
+                decoder: DecoderBackend | None = None) -> DataLoader:
     """The decoding side of a run: messages (VideoStart, ClipChunk, VideoFailed) from `workers`
-    DataLoader processes (0: the calling process), chunks of `batch_size` clips."""
-    stream = VideoClipStream(videos, sampling, input_size, chunk_clips=batch_size)
+    DataLoader processes (0: the calling process), chunks of `batch_size` clips, decoded by `decoder`
+    (default: the CPU path); `frame_resize` as the encoder's family says (anonfeat.encoders.frame_resize)."""
+    stream = VideoClipStream(videos, sampling, input_size, chunk_clips=batch_size, frame_resize=frame_resize,
+                             **({} if decoder is None else {"decoder": decoder}))
     workers = min(workers, len(videos))
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: ExtractOptions,
-         device: torch.device, writer: StoreWriter, result: ExtractResult) -> None:
+         device: torch.device, writer: StoreWriter, result: ExtractResult, decoder: DecoderBackend) -> None:
     if not videos:
         return
     cfg = job.input
     mean = torch.tensor(cfg.mean, device=device)
     std = torch.tensor(cfg.std, device=device)
     compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    loader = clip_loader(videos, sampling, cfg.img_size, options.batch_size, options.workers, device)
+    loader = clip_loader(videos, sampling, cfg.img_size, options.batch_size, options.workers, device,
+                         frame_resize(cfg, sampling.resize), decoder)
     open_videos: dict[str, _VideoFeatures] = {}
     batcher = _ClipBatcher(options.batch_size)
 
@@ -350,6 +363,8 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             for message in _timed(loader, result):
                 if isinstance(message, VideoStart):
                     open_videos[message.key] = _VideoFeatures(message)
+                    if message.fallback:
+                        result.decoder_fallbacks.append(message.key)
                 elif isinstance(message, VideoFailed):
                     open_videos.pop(message.key, None)
                     writer.fail(message.key, message.error, message.source)

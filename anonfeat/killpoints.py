@@ -7,7 +7,7 @@ OOM killer would, with no cleanup, no `finally`, no HDF5 close. tests/test_relia
 run in its own session, so only that run dies. Without the variable, `kill_point` is one global
 lookup and a return: nothing else happens. Not for production use.
 
-Points (see README "Guarantees"):
+Points (see docs/guarantees.md):
 
 - ``decode``: before a chunk of frames is decoded (in the decoding worker, or the main process
   with ``--workers 0``);

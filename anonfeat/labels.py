@@ -3,7 +3,7 @@
 Three formats are read (see `load_labels`):
 
 * CSV, one row per video: ``video,split,action,<attribute>,...``. ``split`` is optional
-  (train/test); attribute columns hold 0/1.
+  (train/attacker/test; files with train/test only are read as before); attribute columns hold 0/1.
 * PA-HMDB51: a folder of ``<action>.json`` files (VITA-Group/PA-HMDB51 ``PrivacyAttributes``),
   ``{"<video>.avi": {"face": [[start, end, value], ...], ..., "review": bool, "note": str}}``.
   The multi-valued codes become binary attributes, each 1 when the value occurs in ANY frame range of
@@ -21,15 +21,19 @@ Three formats are read (see `load_labels`):
 
   The first five, named and defined like the VP-HMDB51/VP-UCF101 attributes, are the default set when
   no attributes are named (the papers' 5-attribute protocol); the finer ones can be chosen by name.
-  Video ids are ``<action>/<video>`` (HMDB51's folder layout); the action is the file's stem.
+  Video ids are ``<action>/<video>`` (HMDB51's folder layout); the action is the file's stem. An entry
+  may carry a ``"split": "train"|"attacker"|"test"`` field (anonfeat's addition, not in the release);
+  then every entry must.
 * VP-HMDB51 / VP-UCF101 (STPrivacy): a pickle ``{"<Class>/<video>.mp4": int64 array (1, 5)}``. The five
   columns are taken in the order public VP loaders use, ``face, skin_color, gender, nudity, relationship``
   (1 = identifiable); the file itself carries no names, so check this against your copy's documentation.
   The action is the ``<Class>`` folder. The pickle is read with `SafeUnpickler`, which builds numpy
   arrays and nothing else: a pickle that names any other global is refused before anything in it runs.
 
-Without a split column, a seeded split stratified on the first task assigns ``test_fraction`` of each
-class to test.
+Without a split column every command derives the same split with `stratified_split` (see there):
+50% train (the anonymizer's), 25% attacker (the audit's attackers and probes) and 25% test, seeded by
+the split seed, stratified on the ``action`` column when the labels have one (else on the first task),
+drawn over the label rows, so it does not depend on which videos a store holds.
 """
 
 from __future__ import annotations
@@ -48,7 +52,11 @@ import numpy as np
 from anonfeat.errors import AnonfeatError
 
 VIDEO, SPLIT = "video", "split"
-SPLITS = ("train", "test")
+SPLITS = ("train", "attacker", "test")
+REQUIRED_SPLITS = ("train", "test")  # attacker is optional: old two-valued files, tiny label sets
+SPLIT_FRACTIONS = (0.5, 0.25, 0.25)  # train, attacker, test of a derived split
+STRATIFY_COLUMN = "action"
+_TIE_ORDER = (0, 2, 1)  # indices into SPLITS: a left-over video prefers train, then test (required), then attacker
 VP_ATTRIBUTES = ("face", "skin_color", "gender", "nudity", "relationship")
 
 # PA-HMDB51: binary attribute -> (JSON field, codes that make it 1).
@@ -86,6 +94,8 @@ class Labels:
     attributes: dict[str, np.ndarray]
     columns: dict[str, list[str]] = field(default_factory=dict)
     split_generated: bool = False
+    split_seed: int | None = None  # the seed of a derived split (None: the split came from the labels)
+    split_strata: str | None = None  # the column a derived split was stratified on
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -113,6 +123,18 @@ class Labels:
     def indices(self, split: str) -> np.ndarray:
         return np.array([i for i, s in enumerate(self.split) if s == split], dtype=np.int64)
 
+    def split_counts(self) -> dict[str, int]:
+        """Label rows per split value, e.g. {"train": 50, "attacker": 25, "test": 25}."""
+        return {name: self.split.count(name) for name in SPLITS}
+
+    def split_summary(self) -> str:
+        """One line saying where the split came from and its sizes (commands print it)."""
+        counts = " / ".join(f"{n} {name}" for name, n in self.split_counts().items())
+        if not self.split_generated:
+            return f"{self.source}: split column: {counts}"
+        return (f"{self.source}: no split column; derived split (--split-seed {self.split_seed}, stratified on "
+                f"{self.split_strata!r}): {counts}")
+
     def group_values(self, column: str) -> list[str]:
         """Raw values of an attribute or kept column, as strings (for grouping, e.g. bias)."""
         if column in self.columns:
@@ -130,11 +152,12 @@ class Labels:
 
 # -- loading ------------------------------------------------------------------------------------
 def load_labels(path: str | Path, tasks: Sequence[str] = ("action",), attributes: Sequence[str] | None = None,
-                seed: int = 0, test_fraction: float = 0.5, keep: Sequence[str] = (),
-                require_attributes: bool = True) -> Labels:
+                split_seed: int = 0, keep: Sequence[str] = (), require_attributes: bool = True) -> Labels:
     """Read labels from a CSV file, a PA-HMDB51 JSON folder or a VP pickle (chosen by the path).
 
-    tasks: utility columns (class names); the first one stratifies a generated split.
+    tasks: utility columns (class names); without an ``action`` column the first one stratifies a
+        derived split.
+    split_seed: seed of the derived split when the labels have no split column (`stratified_split`).
     attributes: private binary columns; None takes every other column (CSV) or the default set.
     keep: extra columns kept as raw strings in `Labels.columns` (e.g. a bias grouping column); a kept
         column that is not binary is left out of the default attributes instead of being an error.
@@ -158,13 +181,13 @@ def load_labels(path: str | Path, tasks: Sequence[str] = ("action",), attributes
     else:
         raise AnonfeatError(f"{path}: unknown labels format {suffix or '(no suffix)'!r}; use a .csv file, "
                             "a folder of PA-HMDB51 <action>.json files or a VP-HMDB51/VP-UCF101 .pkl")
-    return _build(path, rows, table_columns, defaults, tasks, attributes, list(keep), seed, test_fraction,
+    return _build(path, rows, table_columns, defaults, tasks, attributes, list(keep), split_seed,
                   require_attributes)
 
 
 def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_attributes: list[str] | None,
-           tasks: list[str], attributes: Sequence[str] | None, keep: list[str], seed: int,
-           test_fraction: float, require_attributes: bool = True) -> Labels:
+           tasks: list[str], attributes: Sequence[str] | None, keep: list[str], split_seed: int,
+           require_attributes: bool = True) -> Labels:
     if not rows:
         raise AnonfeatError(f"{path}: no videos in the labels; add rows (video,split,action,...)")
     missing = [c for c in (VIDEO, *tasks) if c not in columns]
@@ -210,13 +233,15 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
                                 "give every video a class")
     attribute_values = {a: _binary_column(path, rows, a, videos) for a in attributes}
 
+    strata = None
     if SPLIT in columns:
         split = [_parse_split(path, r[SPLIT], video) for r, video in zip(rows, videos)]
         generated = False
     else:
-        split = stratified_split(task_values[tasks[0]], test_fraction, seed)
+        strata = STRATIFY_COLUMN if STRATIFY_COLUMN in columns else tasks[0]
+        split = stratified_split([r[strata].strip() for r in rows], split_seed)
         generated = True
-    for name in SPLITS:
+    for name in REQUIRED_SPLITS:
         if name not in split:
             how = ("the generated split" if generated else "the split column")
             raise AnonfeatError(f"{path}: {how} has no {name} videos; put some rows in {name}"
@@ -229,6 +254,8 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
         attributes=attribute_values,
         columns={c: [r[c].strip() for r in rows] for c in keep},
         split_generated=generated,
+        split_seed=split_seed if generated else None,
+        split_strata=strata,
     )
 
 
@@ -263,31 +290,56 @@ def _binary_column(path: Path, rows: list[dict[str, str]], column: str, videos: 
 def _parse_split(path: Path, value: str, video: str) -> str:
     text = value.strip().lower()
     if text not in SPLITS:
-        raise AnonfeatError(f"{path}: split of video {video!r} is {value!r}; use train or test "
-                            "(validation is carved out of train by the audit)")
+        raise AnonfeatError(f"{path}: split of video {video!r} is {value!r}; use train, attacker or test "
+                            "(validation is carved out of train by the trainers and of the fitting split by the "
+                            "audit)")
     return text
 
 
-def stratified_split(classes: Sequence[str], test_fraction: float = 0.5, seed: int = 0) -> list[str]:
-    """Seeded train/test assignment putting `test_fraction` of each class in test.
+def stratified_split(strata: Sequence[str], seed: int = 0,
+                     fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> list[str]:
+    """The derived split: "train", "attacker" or "test" per row, `fractions` of each stratum in each.
 
-    Classes with at least two videos get at least one in each split.
+    Every command that reads labels without a split column calls this with the same strata (the
+    ``action`` column, else the first task) and the split seed, so they all agree on every row.
+    Per stratum (sorted by name) the members are shuffled with the seed; each split gets the floor of
+    its share, and the videos left over go one by one to the split furthest below its share of all
+    rows assigned so far (the global fractions stay within a video or two of the targets). A stratum of
+    3 or more videos then has at least one in each split of positive fraction (moved from the largest);
+    smaller strata cannot: 2 videos go to train and to whichever of test/attacker lags (test on a tie),
+    1 video to whichever split lags most (train, then test, on a tie).
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise AnonfeatError(f"test fraction {test_fraction} must lie strictly between 0 and 1")
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != len(SPLITS) or min(fractions) < 0 or not abs(sum(fractions) - 1.0) < 1e-9:
+        raise AnonfeatError(f"split fractions {fractions}: give {len(SPLITS)} non-negative shares summing to 1 "
+                            f"({', '.join(SPLITS)})")
     rng = np.random.default_rng(seed)
-    split = ["train"] * len(classes)
-    by_class: dict[str, list[int]] = {}
-    for i, name in enumerate(classes):
-        by_class.setdefault(name, []).append(i)
-    for name in sorted(by_class):
-        members = np.array(by_class[name])
+    share = np.array(fractions, dtype=np.float64)
+    split = [""] * len(strata)
+    by_stratum: dict[str, list[int]] = {}
+    for i, name in enumerate(strata):
+        by_stratum.setdefault(name, []).append(i)
+    assigned = np.zeros(len(SPLITS))
+    for name in sorted(by_stratum):
+        members = np.array(by_stratum[name])
         rng.shuffle(members)
-        n_test = int(round(len(members) * test_fraction))
-        if len(members) >= 2:
-            n_test = min(max(n_test, 1), len(members) - 1)
-        for i in members[:n_test]:
-            split[int(i)] = "test"
+        n = len(members)
+        counts = np.floor(n * share).astype(int)
+        for _ in range(n - counts.sum()):
+            deficit = (assigned.sum() + n) * share - (assigned + counts)
+            deficit[share == 0] = -np.inf
+            counts[max(_TIE_ORDER, key=lambda j: deficit[j])] += 1  # ties: train, then test, then attacker
+        positive = np.flatnonzero(share > 0)
+        if n >= len(positive):
+            for empty in positive[counts[positive] == 0]:
+                counts[int(np.argmax(counts))] -= 1
+                counts[empty] += 1
+        assigned += counts
+        start = 0
+        for value, count in zip(SPLITS, counts):
+            for i in members[start:start + count]:
+                split[int(i)] = value
+            start += count
     return split
 
 
@@ -326,8 +378,16 @@ def _read_pa_hmdb51(path: Path) -> tuple[list[dict[str, str]], list[str], list[s
             for name, (source_field, codes) in PA_HMDB51_ATTRIBUTES.items():
                 seen = _pa_codes(file, video, entry, source_field)
                 row[name] = "1" if seen & codes else "0"
+            if SPLIT in entry:
+                row[SPLIT] = str(entry[SPLIT])
             rows.append(row)
-    return rows, [VIDEO, "action", *PA_HMDB51_ATTRIBUTES], list(VP_ATTRIBUTES)
+    with_split = sum(SPLIT in row for row in rows)
+    if 0 < with_split < len(rows):
+        first = next(row[VIDEO] for row in rows if SPLIT not in row)
+        raise AnonfeatError(f"{path}: {with_split} of {len(rows)} entries have a \"split\" field but {first!r} has "
+                            "none; give every entry a split (train, attacker or test) or none for a derived split")
+    split_column = [SPLIT] if with_split else []
+    return rows, [VIDEO, *split_column, "action", *PA_HMDB51_ATTRIBUTES], list(VP_ATTRIBUTES)
 
 
 def _pa_codes(file: Path, video: str, entry: object, source_field: str) -> set[int]:

@@ -131,6 +131,7 @@ def numbers(kind: type, flag: str) -> Callable[[str | None], tuple]:
 DTYPES = ("float16", "float32")
 RESIZES = ("short", "full")
 COMPRESSIONS = ("gzip", "lzf")
+DECODERS = ("auto", "cpu", "gpu")  # anonfeat.video.decoders
 DEFAULT_FRAME_STRIDE = 4
 
 
@@ -153,9 +154,24 @@ def encoder_option(default: str | None = None) -> Any:
                            "when omitted.", "-e")
 
 
+CHECKPOINT_HELP = ("Official VideoMAE .pth, Hugging Face directory/.safetensors, mmaction2 .pth, a plain state dict, "
+                   "or a Hugging Face id org/name[@revision] (cache first; HF_HOME, HF_HUB_OFFLINE apply). With "
+                   "timm:<model>: a weights file, or `pretrained` for timm's own weights.")
+
+
 def checkpoint_option() -> Any:
-    return option(None, "Official VideoMAE .pth, Hugging Face directory/.safetensors, or a plain state dict.", "-c",
-                  cli_type=Path)
+    return option(None, CHECKPOINT_HELP, "-c", cli_type=Path)
+
+
+def decoder_option() -> Any:
+    return option("auto", "Video decoding: cpu (PyAV), gpu (NVDEC; not in this build) or auto (gpu when the device "
+                          "is CUDA and the gpu decoder is installed, else cpu).", choices=DECODERS)
+
+
+def split_seed_option() -> Any:
+    return option(0, "Seed of the train/attacker/test split (50/25/25, stratified on action) derived when the labels "
+                     "have no split column; every command derives the same one from the same labels and seed. "
+                     "Separate from --seed.")
 
 
 def random_init_option() -> Any:
@@ -207,6 +223,7 @@ class ExtractOptions:
     batch_size: int = option(16, "Clips per forward pass.", "-b", min=1)
     workers: int = workers_option(1)
     device: str = device_option()
+    decoder: str = decoder_option()
     dtype: str = option("float16", "Stored feature precision.", choices=DTYPES)
     compression: str | None = option(None, "HDF5 compression of the features (default: none).",
                                      choices=COMPRESSIONS)
@@ -260,6 +277,9 @@ class BenchOptions:
     peak_tflops: float | None = option(None, "The GPU's bf16 peak (default: looked up by name).", min=0.0)
     compile: bool | None = option(None, "torch.compile the encoder (default: as extract, on CUDA only).",
                                   "--compile/--no-compile")
+    decoder: str = option("auto", "Decoder of the decode-only, end-to-end and memory runs: cpu (PyAV), gpu "
+                                  "(NVDEC; not in this build) or auto (gpu on CUDA when installed, else cpu).",
+                          choices=DECODERS)
 
     def validate(self) -> None:
         check_declared(self)
@@ -275,7 +295,6 @@ class SynthOptions:
     size: int = option(128, "Frame height and width in pixels.", min=16)
     n_frames: int = option(48, "Frames per video.", "--frames", min=1)
     fps: float = option(24.0, "Frame rate of the written videos.", min=1.0)
-    test_fraction: float = option(0.5, "Share of the videos in the test split.", min=0.0, max=1.0)
     seed: int = option(0, "Seed of the labels and of the rendered frames.")
     progress: bool = progress_option()
 

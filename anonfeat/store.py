@@ -1,10 +1,12 @@
 """The HDF5 feature store: one file per run, one group per video.
 
-Layout (readable with plain h5py, see README "HDF5 layout"):
+Layout (readable with plain h5py, see docs/store-format.md):
 
     /                     attrs: format_version, anonfeat_version, encoder, encoder_config (JSON),
                                  checkpoint_sha256, sampling (JSON), features ("raw"|"sanitized"|"pruned"),
                                  dtype, dim, adapter_sha256 (sanitized stores), extra (JSON)
+    /anonymizer_videos    (n,) utf-8 strings: label ids of the videos the adapter or pruner that made
+                          these features trained on (sanitized and pruned stores; absent: unknown)
     /videos/<rel/path>    group per video, keyed by its path relative to the input folder
         clip_features     (n_clips, dim) float16|float32
         clip_ranges       (n_clips, 2) int64: [first, last] source frame index of each clip
@@ -21,11 +23,12 @@ Write protocol, per video (`write_video`): check the disk and file-size limit le
 OSError before anything is written); delete a group left by an interrupted run and flush (its space
 is then never reused while the file on disk still points to it); write the datasets and attributes;
 flush; set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
-ones. What this survives is tested with SIGKILL at each step (README "Guarantees").
+ones. What this survives is tested with SIGKILL at each step (docs/guarantees.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -46,6 +49,7 @@ from anonfeat.video.sampling import clip_times as times_of_ranges
 FORMAT_VERSION = 1
 VIDEOS = "videos"
 FAILURES = "failures"
+ANONYMIZER_VIDEOS = "anonymizer_videos"
 
 # Root attributes that must match for two runs to write into one store.
 _IDENTITY_KEYS = ("encoder", "encoder_config", "checkpoint_sha256", "sampling", "features",
@@ -65,6 +69,9 @@ class StoreHeader:
     features: str = "raw"  # "raw" or "sanitized"
     adapter_sha256: str = ""
     extra: dict = field(default_factory=dict)
+    # Label ids of the anonymizer's training videos (a root dataset, too long for an attribute);
+    # None: raw features, or made by an anonymizer that did not record them.
+    anonymizer_videos: tuple[str, ...] | None = None
 
     def to_attrs(self) -> dict[str, object]:
         from anonfeat import __version__
@@ -195,7 +202,12 @@ class FeatureStore:
     @property
     def header(self) -> StoreHeader:
         if self._header is None:
-            self._header = StoreHeader.from_attrs(self._file.attrs, self.path)
+            header = StoreHeader.from_attrs(self._file.attrs, self.path)
+            record = self._file.get(ANONYMIZER_VIDEOS)
+            if isinstance(record, h5py.Dataset):
+                videos = tuple(_plain(v) for v in record.asstr()[()])
+                header = dataclasses.replace(header, anonymizer_videos=videos)
+            self._header = header
         return self._header
 
     @property
@@ -210,6 +222,9 @@ class FeatureStore:
             return
         for name, value in header.to_attrs().items():
             self._file.attrs[name] = value
+        if header.anonymizer_videos is not None:
+            self._file.create_dataset(ANONYMIZER_VIDEOS, data=list(header.anonymizer_videos),
+                                      dtype=h5py.string_dtype("utf-8"))
         self._file.require_group(VIDEOS)
         self._file.require_group(FAILURES)
         self._header = header

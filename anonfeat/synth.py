@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from anonfeat.labels import SPLIT_FRACTIONS, stratified_split
 from anonfeat.video.writer import write_video  # noqa: F401  (re-exported: tests and users write videos through synth)
 
 ATTRIBUTES = ("dark_skin", "striped_shirt", "long_hair", "hat")
@@ -412,26 +413,13 @@ def render_video(
 # --------------------------------------------------------------------------- benchmark
 
 
-def _split(actions: list[str], test_fraction: float, rng: np.random.Generator) -> list[str]:
-    """Stratified by action: each action with >= 2 videos lands in both splits."""
-    split = ["train"] * len(actions)
-    for action in ACTIONS:
-        idx = [i for i, a in enumerate(actions) if a == action]
-        n_test = int(round(len(idx) * test_fraction))
-        if len(idx) >= 2 and 0.0 < test_fraction < 1.0:
-            n_test = min(max(n_test, 1), len(idx) - 1)
-        for i in rng.permutation(idx)[:n_test]:
-            split[int(i)] = "test"
-    return split
-
-
 def make_benchmark(
     out_dir: str | Path,
     n_videos: int = 60,
     size: tuple[int, int] = (128, 128),
     n_frames: int = 48,
     fps: float = 24.0,
-    test_fraction: float = 0.5,
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
     seed: int = 0,
     progress: bool = False,
 ) -> Path:
@@ -440,17 +428,17 @@ def make_benchmark(
     Actions are balanced and attributes are fair independent coins, so a probe that beats
     chance on an attribute learned it from appearance, not from a correlation with the
     action. The same seed gives byte-identical labels and identical rendered frames.
+    The split column holds train, attacker and test (`fractions` of each action, default 50/25/25),
+    drawn by `anonfeat.labels.stratified_split` with the same seed.
     """
     if n_videos < 1:
         raise ValueError(f"n_videos must be >= 1, got {n_videos}")
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     actions = [ACTIONS[int(i) % len(ACTIONS)] for i in rng.permutation(n_videos)]
     attrs = rng.integers(0, 2, size=(n_videos, len(ATTRIBUTES)))
     video_seeds = rng.integers(0, 2**62, size=n_videos)
-    split = _split(actions, test_fraction, rng)
+    split = stratified_split(actions, seed, fractions)
 
     rows = []
     for i in range(n_videos):

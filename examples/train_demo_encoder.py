@@ -79,7 +79,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="anonfeat-demo-encoder-"))
     if not (work / "labels.csv").is_file():
         print(f"writing {args.videos} training videos to {work} (seed {args.seed})")
-        make_benchmark(work, n_videos=args.videos, size=(128, 128), n_frames=48, test_fraction=0.2,
+        make_benchmark(work, n_videos=args.videos, size=(128, 128), n_frames=48, fractions=(0.8, 0.1, 0.1),
                        seed=args.seed, progress=True)
     frames, actions, attrs = decode_all(work, cfg.img_size)
     split = [r["split"] for r in csv.DictReader(open(work / "labels.csv"))]

@@ -26,11 +26,11 @@ anonfeat train-pruner "$OUT/bench/videos" --labels "$OUT/bench/labels.csv" --out
 echo "[demo] 7/8 prune: pruned features, anonymized videos and heatmaps of the first videos"
 rm -f "$OUT/pruned.h5"
 anonfeat prune "$OUT/bench/videos" --pruner "$OUT/pruner.safetensors" --out "$OUT/pruned.h5" \
-    --clip-stride 8 --static-clips 4 --workers 1 --batch-size 32
+    --frame-stride 2 --clip-stride 8 --static-clips 4 --workers 1 --batch-size 32
 head -4 "$OUT/bench/labels.csv" | tail -3 | cut -d, -f1 | sed "s|^|bench/videos/|" > "$OUT/showcase.txt"
 rm -f "$OUT/showcase.h5"
 anonfeat prune "$OUT/showcase.txt" --pruner "$OUT/pruner.safetensors" --out "$OUT/showcase.h5" \
-    --clip-stride 8 --workers 0 --no-progress --save-videos "$OUT/anonymized" --save-heatmaps "$OUT/heatmaps"
+    --frame-stride 2 --clip-stride 8 --workers 0 --no-progress --save-videos "$OUT/anonymized" --save-heatmaps "$OUT/heatmaps"
 echo "[demo] 8/8 audit: fresh attackers on the test split, sanitized and pruned vs raw"
 anonfeat audit "$OUT/sanitized.h5" "$OUT/pruned.h5" --baseline "$OUT/raw.h5" --labels "$OUT/bench/labels.csv" \
     --seeds "$SEEDS" --json "$OUT/audit.json" --plot "$OUT/audit.png"

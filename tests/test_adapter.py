@@ -127,7 +127,9 @@ def test_train_adapter_needs_no_attribute_columns_for_the_self_supervised_loss(b
     plain = tmp_path / "labels.csv"
     plain.write_text("".join(",".join(line.split(",")[:3]) + "\n" for line in labels.read_text().splitlines()))
     report = train_adapter(raw, plain, tmp_path / "a.safetensors", quick(epochs=1))
-    assert report.train_videos > 0 and "privacy_probe" not in report.metrics or not report.metrics["privacy_probe"]
+    assert report.train_videos > 0 and report.val_videos > 0
+    assert report.metrics["privacy_probe"] == {}  # no attribute columns: nothing for the probe to attack
+    assert set(report.history[-1]) >= {"lc", "task", "ntxent"}  # trained with the self-supervised loss
     with pytest.raises(AnonfeatError, match="no private attribute"):
         train_adapter(raw, plain, tmp_path / "b.safetensors", quick(epochs=1, privacy_loss="attributes"))
 
@@ -183,10 +185,11 @@ def test_sanitize_refuses_the_raw_path_and_foreign_stores(bench, tmp_path):
     with pytest.raises(AnonfeatError, match="raw store itself"):
         sanitize_store(raw, adapter, raw, progress=False)
     other = tmp_path / "other.h5"  # features of another encoder (different weights)
-    from anonfeat.encoders import build_encoder, get_config
+    from anonfeat.encoders import CheckpointIdentity, get_config
+    from anonfeat.encoders.families import family_of
 
-    enc = build_encoder(get_config("videomae-tiny"), seed=1)
-    enc.checkpoint_sha256 = "another-checkpoint"
+    cfg = get_config("videomae-tiny")
+    enc = family_of(cfg).build(cfg, seed=1, checkpoint=CheckpointIdentity("another-checkpoint", "test"))
     extract(root / "bench" / "videos", other, opts, encoder=enc)
     with pytest.raises(AnonfeatError, match="do not fit adapter"):
         sanitize_store(other, adapter, tmp_path / "x.h5", progress=False)
@@ -217,6 +220,7 @@ def test_adapter_file_with_wrong_shapes_is_refused(tmp_path):
         load_adapter(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.integration
 def test_cli_train_adapter_and_sanitize(bench, tmp_path):
     root, labels, raw, _ = bench
     adapter = tmp_path / "cli.safetensors"
@@ -231,6 +235,7 @@ def test_cli_train_adapter_and_sanitize(bench, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.integration
 def test_pipeline_on_decoded_video_ends_in_an_audit(bench, tmp_path):
     """extract -> train-adapter -> sanitize -> audit, on real decoded videos, through the CLI's JSON."""
     root, labels, raw, _ = bench
@@ -245,7 +250,12 @@ def test_pipeline_on_decoded_video_ends_in_an_audit(bench, tmp_path):
     stores = json.loads(out.read_text())["stores"]
     result = stores[str(sanitized)]
     assert {"privacy", "utility", "leakage_reduction", "leakage_removed", "utility_drop"} <= set(result)
-    assert result["leakage_removed"] is not None and 0 <= result["privacy"]["cmap"] <= 1
+    base = stores[str(raw)]
+    b, c, chance = base["privacy"]["cmap"], result["privacy"]["cmap"], base["privacy"]["chance_cmap"]
+    assert result["leakage_removed"] == pytest.approx((b - c) / (b - chance))  # the documented formula
+    assert result["utility_drop"] == pytest.approx(base["utility"]["action"]["top1"]
+                                                   - result["utility"]["action"]["top1"])
+    assert c == max(result["privacy"]["static"]["cmap"], result["privacy"]["clip"]["cmap"])  # the worse attacker
 
 
 @pytest.mark.slow
@@ -262,3 +272,128 @@ def test_demo_encoder_leaks_attributes_and_sees_motion(tmp_path):
     store = report.stores[0]
     assert store.headline.cmap > store.headline.chance_cmap + 0.05
     assert store.utility["action"]["top1"] > 0.35  # 5 classes: chance is 0.2
+
+
+# -- the split: train rows only, recorded, checked by the audit ------------------------------------
+def without_split_column(labels, path):
+    path.write_text("".join(",".join(c for j, c in enumerate(line.split(",")) if j != 1) + "\n"
+                            for line in labels.read_text().splitlines()))
+    return path
+
+
+def test_without_split_column_the_adapter_never_trains_on_a_test_video(bench, tmp_path):
+    """Labels without a split column: train-adapter reads the derived train rows only and records them;
+    sanitize copies the record; the audit, deriving the same split, finds no test video in it, and
+    refuses when another --split-seed would test on the adapter's training videos."""
+    from anonfeat.audit import audit_stores, report_json
+    from anonfeat.labels import load_labels
+
+    root, labels, raw, _ = bench
+    plain = without_split_column(labels, tmp_path / "plain.csv")
+    derived = load_labels(plain, split_seed=0)
+    assert derived.split_generated and set(derived.split) == {"train", "attacker", "test"}
+    report = train_adapter(raw, plain, tmp_path / "a.safetensors", quick(epochs=1))
+    recorded = load_adapter(report.adapter).config["training_videos"]
+    train_ids = [v for v, s in zip(derived.videos, derived.split) if s == "train"]
+    assert sorted(recorded) == sorted(train_ids) and report.train_videos + report.val_videos == len(train_ids)
+    assert not set(recorded) & {v for v, s in zip(derived.videos, derived.split) if s != "train"}
+    sanitized = tmp_path / "s.h5"
+    sanitize_store(raw, report.adapter, sanitized, progress=False)
+    with FeatureStore(sanitized) as store:
+        assert sorted(store.header.anonymizer_videos) == sorted(recorded)
+    audit = audit_stores([sanitized], plain, baseline=raw, seeds=1, epochs=3, device="cpu")
+    entry = report_json(audit)["stores"][str(sanitized)]
+    assert entry["test_seen_by_anonymizer"] == 0 and entry["attacker_split"] == "attacker"
+    assert report_json(audit)["stores"][str(raw)]["test_seen_by_anonymizer"] == 0
+    other = load_labels(plain, split_seed=1)
+    overlap = sum(s == "test" and v in recorded for v, s in zip(other.videos, other.split))
+    assert overlap > 0
+    with pytest.raises(AnonfeatError, match=f"trained on {overlap} of the .* --allow-seen"):
+        audit_stores([sanitized], plain, split_seed=1, seeds=1, epochs=3, device="cpu")
+
+
+# -- LEACE -----------------------------------------------------------------------------------------
+def planted_store(path, labels_path, n_videos=400, dim=32, seed=0):
+    """Raw store whose clip and static features carry the attribute 'face' along one direction (the
+    attribute 'gender' along another, weaker) and the action along others; labels without a split column."""
+    from anonfeat.encoders.config import EncoderConfig
+    from anonfeat.store import StoreHeader, VideoRecord
+
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].T
+    face, gender, actions = rng.integers(0, 2, n_videos), rng.integers(0, 2, n_videos), rng.integers(0, 3, n_videos)
+    header = StoreHeader(encoder="planted", encoder_config=EncoderConfig(name="planted", embed_dim=dim),
+                         checkpoint_sha256="1" * 64, sampling={"static_clips": 2}, dim=dim, dtype="float32")
+    with FeatureStore(path, "a") as store:
+        store.initialize(header)
+        for i in range(n_videos):
+            private = 1.5 * (2 * face[i] - 1) * basis[0] + 0.8 * (2 * gender[i] - 1) * basis[1]
+            clips = rng.standard_normal((3, dim)) + 3.0 + private + 2.5 * basis[4 + actions[i]]
+            statics = rng.standard_normal((2, dim)) + 3.0 + private
+            store.write_video(VideoRecord(key=f"v{i:04d}.mp4", clip_features=clips,
+                                          clip_ranges=np.array([[0, 7], [8, 15], [16, 23]]), static_features=statics,
+                                          static_frames=np.array([0, 12]),
+                                          attrs={"fps": 24.0, "n_frames": 24, "height": 8, "width": 8, "source": "x"}))
+    labels_path.write_text("video,action,face,gender\n" + "".join(
+        f"v{i:04d}.mp4,a{actions[i]},{face[i]},{gender[i]}\n" for i in range(n_videos)))
+    return path, labels_path
+
+
+def test_leace_makes_a_linearly_planted_attribute_undetectable(tmp_path):
+    from anonfeat.adapter.leace import LinearEraser
+    from anonfeat.audit import audit_stores
+
+    raw, labels = planted_store(tmp_path / "raw.h5", tmp_path / "labels.csv")
+    report = train_adapter(raw, labels, tmp_path / "leace.safetensors", quick(method="leace", privacy_loss="ntxent"))
+    loaded = load_adapter(report.adapter)
+    assert isinstance(loaded.model, LinearEraser) and loaded.config["kind"] == "leace"
+    assert loaded.model.rank == 2 and report.metrics["leace"]["rows"] == report.train_videos * 5
+    assert report.train_videos == 200  # the derived train split, half of 400
+    sanitized = tmp_path / "leace.h5"
+    sanitize_store(raw, report.adapter, sanitized, progress=False)
+    audit = audit_stores([sanitized], labels, baseline=raw, attacker="linear", seeds=1, epochs=30, device="cpu")
+    base, erased = audit.stores
+    assert erased.attacker_split == "attacker" and erased.test_seen_by_anonymizer == 0
+    for attack in (base.clip, base.static):  # a linear probe finds the attribute in raw features
+        assert attack.per_attribute["face"]["ap"] > 0.95
+    for attack in (erased.clip, erased.static):  # and nothing after LEACE, on videos it was not fit on
+        # (AP of a useless score on 100 test videos scatters by a few points around the positive rate)
+        assert attack.cmap == pytest.approx(attack.chance_cmap, abs=0.1), (attack.cmap, attack.chance_cmap)
+    assert erased.leakage_removed > 0.85
+    assert erased.utility["action"]["top1"] > 0.9  # the action, uncorrelated with the attributes, stays
+
+
+def test_leace_adapter_applies_like_any_adapter_on_decoded_video(bench, tmp_path):
+    """train-adapter --method leace (CLI) on real extracted features; sanitize and extract --adapter
+    write the same features and the record of its training videos; bad files are refused."""
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from anonfeat.cli import app
+
+    root, labels, raw, opts = bench
+    out = tmp_path / "leace.safetensors"
+    result = CliRunner().invoke(app, ["train-adapter", str(raw), "--labels", str(labels), "--out", str(out),
+                                      "--method", "leace", "--attributes", "dark_skin,hat", "--device", "cpu",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "LEACE eraser of rank 2" in result.output
+    loaded = load_adapter(out)
+    n_train = sum(line.split(",")[1] == "train" for line in labels.read_text().splitlines()[1:])
+    assert len(loaded.config["training_videos"]) == n_train and loaded.config["training"]["method"] == "leace"
+    sanitized, direct = tmp_path / "s.h5", tmp_path / "d.h5"
+    sanitize_store(raw, out, sanitized, progress=False)
+    assert extract(root / "bench" / "videos", direct, opts, adapter=out).exit_code == 0
+    with FeatureStore(raw) as r, FeatureStore(sanitized) as s, FeatureStore(direct) as d:
+        assert s.header.features == d.header.features == "sanitized"
+        assert s.header.anonymizer_videos == d.header.anonymizer_videos == tuple(loaded.config["training_videos"])
+        for key in r.videos():
+            np.testing.assert_allclose(s.clip_features(key), d.clip_features(key), atol=1e-4, rtol=1e-4)
+            x = torch.from_numpy(r.clip_features(key))
+            np.testing.assert_allclose(s.clip_features(key), loaded.model(x).numpy(), atol=1e-5)
+    state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    state["proj_left"] = torch.zeros(192, 3)
+    meta = {"anonfeat_adapter": json.dumps(loaded.config)}
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(AnonfeatError, match=r"proj_left \(192, 3\) vs \(192, 2\)"):
+        load_adapter(tmp_path / "bad.safetensors")

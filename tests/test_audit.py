@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from anonfeat.audit import AuditOptions, audit_stores, plot, render_table, report_json, write_json
+from anonfeat.audit import AuditOptions, audit_figure, audit_stores, plot, render_table, report_json, write_json
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
@@ -19,19 +19,25 @@ FAST = dict(seeds=2, epochs=30, device="cpu")
 
 
 def make_store(path, attributes, actions, clip_leak=1.5, static_leak=1.5, static=True, action_signal=None,
-               seed=0):
-    """Store whose features are noise + signed attribute directions (+ action directions)."""
+               seed=0, flipped=None, **header_fields):
+    """Store whose features are noise + signed attribute directions (+ action directions).
+
+    flipped: videos whose attribute directions are negated and whose action direction is the next
+    action's: a model fit on them predicts the others wrong. header_fields: e.g. features="sanitized"."""
     rng = np.random.default_rng(seed)
     directions = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].T
     attr_dirs, action_dirs = directions[:attributes.shape[1]], directions[8:8 + N_ACTIONS]
     signal = np.ones(len(actions)) if action_signal is None else action_signal
+    flipped = np.zeros(len(actions), dtype=bool) if flipped is None else flipped
     header = StoreHeader(encoder="test", encoder_config=EncoderConfig(name="test", embed_dim=DIM),
-                         checkpoint_sha256="0" * 64, sampling={}, dim=DIM, dtype="float32")
+                         checkpoint_sha256="0" * 64, sampling={}, dim=DIM, dtype="float32", **header_fields)
     with FeatureStore(path, "a") as store:
         store.initialize(header)
         for i, (y, a) in enumerate(zip(attributes, actions)):
-            private = (2 * y - 1) @ attr_dirs
-            clips = rng.standard_normal((3, DIM)) + clip_leak * private + 2.5 * signal[i] * action_dirs[a]
+            sign = -1 if flipped[i] else 1
+            private = sign * (2 * y - 1) @ attr_dirs
+            a_dir = action_dirs[(a + int(flipped[i])) % N_ACTIONS]
+            clips = rng.standard_normal((3, DIM)) + clip_leak * private + 2.5 * signal[i] * a_dir
             record = VideoRecord(key=f"c{a}/v{i:03d}.avi", clip_features=clips,
                                  clip_ranges=np.array([[0, 15], [16, 31], [32, 47]]))
             if static:
@@ -109,25 +115,39 @@ def test_store_without_static_features(report):
     assert entry["privacy"]["static"] is None and entry["privacy"]["cmap"] == nostatic.clip.cmap
 
 
-def test_json_keys_and_rates(report, tmp_path):
+def test_json_keys_and_rates(report, data, tmp_path):
     doc = json.loads(write_json(report, tmp_path / "out" / "audit.json").read_text())
-    assert set(doc) == {"stores", "baseline"} and doc["baseline"] == report.baseline
+    assert set(doc) == {"stores", "baseline", "split"} and doc["baseline"] == report.baseline
+    assert doc["split"] == {"derived": False, "split_seed": None, "stratified_on": None,
+                            "counts": {"train": N_VIDEOS // 2, "attacker": 0, "test": N_VIDEOS // 2}}
     attack_keys = {"cmap", "cmap_std", "f1", "per_attribute"}
+    results = {store.path: store for store in report.stores}
     for path, entry in doc["stores"].items():
-        assert set(entry) == {"privacy", "utility", "leakage_reduction", "leakage_removed", "utility_drop", "bias"}
-        privacy = entry["privacy"]
+        assert set(entry) == {"privacy", "utility", "leakage_reduction", "leakage_removed", "utility_drop", "bias",
+                              "attacker_split", "optimistic", "test_seen_by_anonymizer"}
+        # two-valued labels: fit on train; raw stores have no anonymizer, so nothing is optimistic or seen
+        assert entry["attacker_split"] == "train" and entry["optimistic"] is False
+        assert entry["test_seen_by_anonymizer"] == 0
+        privacy, result = entry["privacy"], results[path]
         assert set(privacy) == {"cmap", "cmap_std", "f1", "chance_cmap", "static", "clip"}
-        for attack in (privacy["static"], privacy["clip"]):
+        assert privacy["cmap"] == result.headline.cmap and privacy["f1"] == result.headline.f1
+        for attack, attacker in ((privacy["static"], result.static), (privacy["clip"], result.clip)):
             if attack is None:
+                assert attacker is None
                 continue
             assert set(attack) == attack_keys
             assert set(attack["per_attribute"]) == set(ATTRIBUTES)
             for values in attack["per_attribute"].values():
-                assert set(values) == {"ap", "f1"} and 0 <= values["ap"] <= 1 and 0 <= values["f1"] <= 1
-            assert 0 <= attack["cmap"] <= 1 and 0 <= attack["f1"] <= 1
+                assert set(values) == {"ap", "f1", "chance_ap"}
+                assert 0 < values["chance_ap"] < 1
+            # every attribute has both classes in the test split: cMAP is the mean of their APs
+            assert attack["cmap"] == pytest.approx(np.mean([v["ap"] for v in attack["per_attribute"].values()]))
+            assert attack["cmap"] == attacker.cmap and attack["f1"] == attacker.f1
         assert set(entry["utility"]) == {"action"}
         assert set(entry["utility"]["action"]) == {"top1", "top1_std"}
-        assert 0 <= entry["utility"]["action"]["top1"] <= 1 and 0 <= privacy["chance_cmap"] <= 1
+        assert entry["utility"]["action"]["top1"] == result.utility["action"]["top1"]
+        # the test split is the even rows for every store: chance is their positive rate
+        assert privacy["chance_cmap"] == pytest.approx(data["attributes"][::2].mean())
         assert entry["bias"] is None
 
 
@@ -140,6 +160,31 @@ def test_table_and_plot(report, tmp_path):
     assert "(baseline)" in text and "raw.h5" in text and "anon.h5" in text
     png = plot(report, tmp_path / "audit.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_audit_plot_marks_each_attributes_chance_level(report, data):
+    """The per-attribute bars carry one dashed mark per (store, attribute) at the attribute's positive
+    rate among the test videos (the AP of a constant score)."""
+    import matplotlib.pyplot as plt
+
+    positive_rate = data["attributes"][::2].mean(axis=0)  # test = even rows, as every store matches all videos
+    for result in report.stores:
+        for j, name in enumerate(ATTRIBUTES):
+            assert result.headline.per_attribute[name]["chance_ap"] == pytest.approx(positive_rate[j])
+    fig = audit_figure(report)
+    try:
+        bars = fig.axes[1]
+        marks = [c for c in bars.collections if c.get_gid() == "chance"]
+        assert len(marks) == 1 and marks[0].get_label() == "chance (positive rate)"
+        segments = marks[0].get_segments()
+        assert len(segments) == len(report.stores) * len(ATTRIBUTES)
+        heights = sorted(round(float(seg[0][1]), 9) for seg in segments)
+        expected = sorted(round(float(v), 9) for v in np.tile(positive_rate, len(report.stores)))
+        assert heights == expected and all(seg[0][1] == seg[1][1] for seg in segments)  # flat marks
+        bar_centres = sorted(round(p.get_x() + p.get_width() / 2, 9) for p in bars.patches)
+        assert sorted(round(float(seg[:, 0].mean()), 9) for seg in segments) == bar_centres  # one over each bar
+    finally:
+        plt.close(fig)
 
 
 def test_shuffled_labels_give_chance(data, tmp_path):
@@ -223,7 +268,7 @@ def test_single_class_attribute_is_reported_and_left_out(data, tmp_path):
     labels.write_text("\n".join([text[0] + ",constant", *(f"{line},{v[0]}" for line, v in zip(text[1:], always))]))
     report = audit_stores([data["raw"]], labels, seeds=1, epochs=5, device="cpu")
     clip = report.stores[0].clip
-    assert clip.excluded == ["constant"] and clip.per_attribute["constant"] == {"ap": None, "f1": None}
+    assert clip.excluded == ["constant"] and clip.per_attribute["constant"] == {"ap": None, "f1": None, "chance_ap": None}
     assert any("constant" in note for note in report.warnings)
     assert clip.chance_cmap == pytest.approx(data["attributes"][::2].mean())  # the mean leaves it out
 
@@ -241,3 +286,92 @@ def test_vp_pickle_labels_match_store_by_path_without_extension(data, tmp_path):
     assert len(result.match.pairs) == N_VIDEOS and result.match.unmatched_store == 0
     assert report.labels.split_generated and report.attributes[:3] == ["face", "skin_color", "gender"]
     assert result.clip.per_attribute["face"]["ap"] > 0.9  # first store attribute leaks as "face"
+
+
+# -- the three-way protocol: who fits the attackers, who saw what ---------------------------------
+def three_way(n: int) -> list[str]:
+    return [("train", "train", "attacker", "test")[i % 4] for i in range(n)]
+
+
+def video_ids(actions, rows, suffix=".avi") -> list[str]:
+    return [f"c{actions[i]}/v{i:03d}{suffix}" for i in rows]
+
+
+def test_attackers_and_probes_fit_on_the_attacker_split(data, tmp_path):
+    """The train rows of this store carry every signal reversed: fit there, attackers and probes fail
+    on test; fit on the attacker rows, they succeed. So the figures show which rows they were fit on."""
+    split = three_way(N_VIDEOS)
+    on_train = np.array([s == "train" for s in split])
+    store = make_store(tmp_path / "flip.h5", data["attributes"], data["actions"], flipped=on_train, seed=4)
+    three = write_labels(tmp_path / "three.csv", data["attributes"], data["actions"], split=split)
+    report = audit_stores([store], three, **FAST)
+    honest = report.stores[0]
+    assert honest.attacker_split == "attacker" and not honest.optimistic
+    assert honest.clip.cmap > 0.9 and honest.static.cmap > 0.9 and honest.utility["action"]["top1"] > 0.8
+    entry = report_json(report)["stores"][str(store)]
+    assert entry["attacker_split"] == "attacker" and entry["optimistic"] is False
+    assert report_json(report)["split"]["counts"] == {"train": 80, "attacker": 40, "test": 40}
+    # the same rows with the attacker videos labelled train (an old two-valued file): fit on train
+    two = write_labels(tmp_path / "two.csv", data["attributes"], data["actions"],
+                       split=["train" if s == "attacker" else s for s in split])
+    fallback = audit_stores([store], two, **FAST).stores[0]
+    assert fallback.attacker_split == "train"
+    assert fallback.clip.cmap < honest.clip.cmap - 0.3
+    assert fallback.utility["action"]["top1"] < honest.utility["action"]["top1"] - 0.3
+
+
+def test_anonymized_store_fit_on_train_is_marked_optimistic(data, tmp_path):
+    train_ids = video_ids(data["actions"], range(1, N_VIDEOS, 2))  # the two-valued labels' train rows
+    store = make_store(tmp_path / "san.h5", data["attributes"], data["actions"], seed=5, features="sanitized",
+                       anonymizer_videos=tuple(train_ids))
+    old = make_store(tmp_path / "old.h5", data["attributes"], data["actions"], seed=6, features="sanitized")
+    report = audit_stores([store, old], data["labels"], baseline=data["raw"], seeds=1, epochs=5, device="cpu")
+    raw, result, unknown = report.stores
+    assert result.attacker_split == "train" and result.optimistic and not raw.optimistic
+    assert result.test_seen_by_anonymizer == 0 and unknown.test_seen_by_anonymizer is None
+    doc = report_json(report)["stores"]
+    assert doc[str(store)]["optimistic"] is True and doc[str(data["raw"])]["optimistic"] is False
+    assert doc[str(old)]["test_seen_by_anonymizer"] is None  # made before anonymizers recorded their videos
+    assert any(str(store) in note and "optimistic" in note for note in report.warnings)
+    assert any(str(old) in note and "unknown" in note for note in report.warnings)
+    from rich.console import Console
+
+    console = Console(width=260, record=True)
+    console.print(render_table(report))
+    assert "train (optimistic)" in console.export_text()
+
+
+def test_audit_refuses_a_store_whose_anonymizer_saw_test_videos(data, tmp_path, monkeypatch, capsys):
+    from anonfeat.audit import runner
+    from anonfeat.cli.app import main
+
+    seen = video_ids(data["actions"], range(N_VIDEOS), suffix=".mp4")  # every video, under another extension
+    store = make_store(tmp_path / "seen.h5", data["attributes"], data["actions"], seed=7, features="sanitized",
+                       anonymizer_videos=tuple(seen))
+    n_test = N_VIDEOS // 2
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("an attacker ran before the refusal")
+
+    monkeypatch.setattr(runner, "audit_store", no_attack)
+    args = ["anonfeat", "audit", str(store), "--labels", str(data["labels"]), "--device", "cpu", "--seeds", "1",
+            "--epochs", "5", "-q"]  # -q: stderr holds errors only (no split summary line)
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(store) in err.replace("\n", "")
+    assert f"{n_test} of the {n_test} test videos" in err and "re-train" in err and "--allow-seen" in err
+    monkeypatch.undo()
+    out = tmp_path / "seen.json"
+    monkeypatch.setattr(sys, "argv", [*args[:-1], "--allow-seen", "--json", str(out)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code in (0, None)
+    entry = json.loads(out.read_text())["stores"][str(store)]
+    assert entry["test_seen_by_anonymizer"] == n_test and entry["attacker_split"] == "train"
+    assert "flatter" in capsys.readouterr().err  # notes go to stderr with the status lines
+    # the API refuses the same way, and a record of train videos only passes
+    with pytest.raises(AnonfeatError, match="--allow-seen"):
+        audit_stores([store], data["labels"], seeds=1, epochs=1, device="cpu")

@@ -59,7 +59,10 @@ def test_choices_are_enums_listed_in_help():
               ("train-adapter", "--attr-loss"): {"decorrelate", "grl"}, ("train-adapter", "--pairs"): {"static", "all"},
               ("train-pruner", "--privacy-loss"): {"auto", "attributes", "ntxent"},
               ("train-pruner", "--resize"): {"short", "full"}, ("audit", "--attacker"): {"mlp", "linear"},
-              ("sanitize", "--compression"): {"gzip", "lzf"}}
+              ("sanitize", "--compression"): {"gzip", "lzf"}, ("train-adapter", "--method"): {"aam", "leace"},
+              ("prune", "--features"): {"masked", "action-cls"}, ("prune", "--fill"): {"black", "blur", "pixelate"},
+              **{(command, "--decoder"): {"auto", "cpu", "gpu"}
+                 for command in ("extract", "prune", "train-pruner", "bench")}}
     for (command, flag), choices in listed.items():
         param = next(p for p in commands()[command].params if flag in p.opts)
         assert set(choices_of(param)) == choices, (command, flag)
@@ -105,6 +108,8 @@ def test_same_short_options_everywhere():
     assert shorts["--device"] == {frozenset({"-d"})} and shorts["--batch-size"] == {frozenset({"-b"})}
     for name in ("train-adapter", "train-pruner", "audit"):
         assert any("-l" in p.opts for p in commands()[name].params), name
+        assert any("--split-seed" in p.opts for p in commands()[name].params), name
+    assert shorts["--checkpoint"] == {frozenset({"-c"})}  # prune's source-encoder weights spelt as extract's
 
 
 def test_validation_lives_in_the_options():
@@ -166,8 +171,8 @@ def test_every_command_writes_json_alone_on_stdout(bench_dir, monkeypatch):
     pruned = root / "pruned.h5"
     doc = _json_alone(invoke("prune", videos, "-p", pruner, "-o", pruned, "-d", "cpu", "-w", "0", "--json", "-"))
     assert len(doc["written"]) == 12
-    with FeatureStore(pruned) as store:  # prune samples as the pruner was trained: by time
-        assert store.header.sampling["sample_fps"] == 12 and store.header.sampling["frame_stride"] is None
+    with FeatureStore(pruned) as store:  # prune samples as extract does (not as the pruner was trained)
+        assert store.header.sampling["frame_stride"] == 4 and "sample_fps" not in store.header.sampling
     doc = _json_alone(invoke("bench", "-d", "cpu", "-n", "1", "--frames", "20", "--size", "64x48", "--repeats", "1",
                              "--naive-videos", "1", "-b", "2", "-w", "0", "--skip-memory", "--cache-dir",
                              root / "cache", "--json", "-"))

@@ -154,6 +154,7 @@ def test_run_sharded_reports_a_rank_error_and_keeps_finished_work(tmp_path):
 
 
 # -- gradients through the gather -----------------------------------------------------------------
+@pytest.mark.distributed
 def test_gathered_nt_xent_gives_the_single_process_loss_and_gradients(tmp_path):
     from dist_worker import gradient_worker
 
@@ -205,6 +206,7 @@ def assert_same_store(merged: Path, reference: Path) -> float:
     return worst
 
 
+@pytest.mark.distributed
 def test_torchrun_extract_equals_single_process_and_resumes_with_another_world_size(mixed_dir, tmp_path):
     reference = tmp_path / "single.h5"
     opts = ExtractOptions(encoder="videomae-tiny", random_init=True, static_clips=2, frame_stride=2, clip_stride=6,
@@ -286,6 +288,7 @@ TRAIN_FLAGS = ["--epochs", "3", "--warmup-epochs", "1", "--batch-size", "5", "--
                "--privacy-loss", "both", "--device", "cpu", "--seed", "3", "--no-progress"]
 
 
+@pytest.mark.distributed
 def test_ddp_train_adapter_has_the_single_process_loss_curve_and_weights(tmp_path):
     from anonfeat.adapter.io import load_adapter
     from anonfeat.adapter.train import AdapterTrainOptions, train_adapter
@@ -321,6 +324,7 @@ def test_ddp_train_adapter_has_the_single_process_loss_curve_and_weights(tmp_pat
 
 
 # -- pruning: train-pruner under DDP, prune split over ranks --------------------------------------
+@pytest.mark.distributed
 def test_torchrun_train_pruner_and_prune_match_one_process(tmp_path):
     from anonfeat.pruning.io import load_pruner
     from anonfeat.pruning.run import prune

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import decord
 import h5py
 import numpy as np
 import pytest
@@ -31,9 +30,16 @@ def options(**kw) -> ExtractOptions:
     return ExtractOptions(**base)
 
 
+def _decord():
+    """decord, the independent reference decoder of these tests (skipped where it is not installed:
+    tests/test_decoders.py checks that extraction is the same without it)."""
+    return pytest.importorskip("decord")
+
+
 def reference_features(path: Path, encoder, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
     """Clip and static features computed the plain way: decode every clip on its own, fp32."""
     cfg = encoder.config
+    decord = _decord()
     probe = decord.VideoReader(str(path))
     height, width = probe[0].shape[:2]
     out_h, out_w = decode_size(height, width, cfg.img_size, sampling.resize)
@@ -130,13 +136,15 @@ def test_frames_are_decords_pixels_in_any_order(video_dir, key):
     reader = FrameReader(video_dir / key, 112)
     assert reader._sequential is not None  # these videos are served without decord's reader
     n = reader.info.n_frames
-    reference = decord.VideoReader(str(video_dir / key), width=reader._out_w, height=reader._out_h)
+    reference = _decord().VideoReader(str(video_dir / key), width=reader._out_w, height=reader._out_h)
     for indices in ([0], list(range(0, n, 2)), [n - 1], sorted({0, n // 2, n - 1}), list(range(n))):
         np.testing.assert_array_equal(reader._decode(indices), reference.get_batch(indices).asnumpy())
 
 
 def test_decord_takes_over_when_the_pyav_path_fails(video_dir, monkeypatch):
     from anonfeat.video import reader as reader_module
+
+    decord = _decord()
 
     def failing(self, indices):
         raise ValueError("no")
@@ -204,6 +212,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "anonfeat", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_cli_extract_inspect_and_exit_codes(bad_video_dir, tmp_path):
     out = tmp_path / "cli.h5"
     proc = run_cli("extract", str(bad_video_dir), "--out", str(out), "--encoder", "videomae-tiny", "--random-init",
@@ -218,6 +227,7 @@ def test_cli_extract_inspect_and_exit_codes(bad_video_dir, tmp_path):
     assert table.returncode == 0 and "videomae-tiny" in table.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, message", [
     (["--encoder", "videomae-tiny"], "--random-init"),
     (["--encoder", "nope", "--random-init"], "unknown encoder"),
@@ -230,6 +240,7 @@ def test_cli_usage_errors_are_one_line_exit_2(video_dir, tmp_path, args, message
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_cli_version_and_encoders():
     assert run_cli("--version").stdout.startswith("anonfeat ")
     listing = json.loads(run_cli("encoders", "--json", "-").stdout)

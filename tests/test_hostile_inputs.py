@@ -164,6 +164,7 @@ def hostile_run(hostile_dir, tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.integration
 def test_every_hostile_input_is_processed_or_reported(hostile_run):
     proc, out = hostile_run
     assert proc.returncode == 3, proc.stderr  # some failed, the run went to the end
@@ -265,6 +266,7 @@ def test_safetensors_checkpoint_with_wrong_shapes_is_refused_naming_the_tensors(
     assert "bad.safetensors" in message and "blocks.2.mlp.fc1.weight" in message and "blocks.0.norm1.weight" in message
 
 
+@pytest.mark.integration
 def test_cli_refuses_malicious_pth_and_foreign_adapter_in_one_line(tmp_path, video_dir):
     """Through the CLI (forked): a code-running .pth is refused (the code does not run), an adapter of another
     encoder is refused; both one line, exit 2, no traceback."""

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.labels import (PA_HMDB51_ATTRIBUTES, VP_ATTRIBUTES, load_labels, match_videos, safe_load_pickle,
-                             stratified_split)
+from anonfeat.labels import (PA_HMDB51_ATTRIBUTES, SPLIT_FRACTIONS, SPLITS, VP_ATTRIBUTES, load_labels, match_videos,
+                             safe_load_pickle, stratified_split)
 
 
 def write_csv(path, header, rows):
@@ -37,14 +37,73 @@ def test_csv_with_split(tmp_path):
 
 
 def test_csv_without_split_is_seeded_and_stratified(tmp_path):
-    rows = [[f"v{i}.mp4", f"class{i % 3}", i % 2] for i in range(30)]
+    rows = [[f"v{i}.mp4", f"class{i % 3}", i % 2] for i in range(36)]
     path = write_csv(tmp_path / "l.csv", ["video", "action", "face"], rows)
-    first, again, other = (load_labels(path, seed=s) for s in (0, 0, 1))
+    first, again, other = (load_labels(path, split_seed=s) for s in (0, 0, 1))
     assert first.split_generated and first.split == again.split and first.split != other.split
+    assert first.split_seed == 0 and first.split_strata == "action"
     for c in range(3):
         members = [s for s, r in zip(first.split, rows) if r[1] == f"class{c}"]
-        assert members.count("test") == 5 and members.count("train") == 5
-    assert stratified_split(["x", "x", "y"], 0.5, 0).count("test") >= 1
+        assert (members.count("train"), members.count("attacker"), members.count("test")) == (6, 3, 3)
+    assert first.split_counts() == {"train": 18, "attacker": 9, "test": 9}
+    assert "--split-seed 0" in first.split_summary() and "18 train / 9 attacker / 9 test" in first.split_summary()
+
+
+def test_split_function_fractions_stratification_and_determinism():
+    sizes = {"a": 4, "b": 5, "c": 7, "d": 13, "e": 21, "f": 40, "g": 3}
+    strata = [name for name, n in sizes.items() for _ in range(n)]
+    split = stratified_split(strata, seed=7)
+    assert split == stratified_split(strata, seed=7) and split != stratified_split(strata, seed=8)
+    assert set(split) == set(SPLITS) == {"train", "attacker", "test"}
+    n = len(strata)
+    for value, share in zip(SPLITS, SPLIT_FRACTIONS):  # the global fractions hold to a video or two
+        assert abs(split.count(value) - share * n) <= 2, (value, split.count(value), share * n)
+    for name, size in sizes.items():
+        members = [v for v, s in zip(split, strata) if s == name]
+        assert set(members) == set(SPLITS), name  # every stratum of >= 3 videos lands in all three
+        for value, share in zip(SPLITS, SPLIT_FRACTIONS):  # and keeps its fractions to a video
+            assert abs(members.count(value) - share * size) <= 1.0, (name, value)
+    # the sizes per split depend on the strata only, not on the order of the rows
+    shuffled = stratified_split([strata[i] for i in np.random.default_rng(0).permutation(n)], seed=7)
+    assert {v: shuffled.count(v) for v in SPLITS} == {v: split.count(v) for v in SPLITS}
+
+
+def test_split_function_tiny_strata_and_bad_fractions():
+    assert stratified_split(["x"], 0) == ["train"]  # one video: train
+    assert sorted(stratified_split(["x", "x"], 0)) == ["test", "train"]  # two: train and test
+    assert sorted(stratified_split(["x"] * 3, 0)) == ["attacker", "test", "train"]
+    assert sorted(stratified_split(["x"] * 4, 0)) == ["attacker", "test", "train", "train"]
+    # many singleton strata still follow the global fractions
+    singles = stratified_split([f"c{i}" for i in range(40)], 0)
+    assert (singles.count("train"), singles.count("attacker"), singles.count("test")) == (20, 10, 10)
+    assert stratified_split(["x"] * 10, 0, fractions=(0.8, 0.0, 0.2)).count("attacker") == 0
+    with pytest.raises(AnonfeatError, match="fractions"):
+        stratified_split(["x"], 0, fractions=(0.5, 0.5, 0.5))
+
+
+def test_derived_split_is_the_same_for_every_command(tmp_path):
+    """Stratified on the action column whatever --task says, drawn over label rows only: the trainers'
+    and the audit's loads agree row by row."""
+    rows = [[f"c{i % 4}/v{i}.mp4", f"act{i % 4}", f"scene{i % 3}", i % 2, (i // 2) % 2] for i in range(48)]
+    path = write_csv(tmp_path / "l.csv", ["video", "action", "scene", "face", "gender"], rows)
+    adapter_like = load_labels(path, tasks=("action", "scene"), split_seed=3, require_attributes=False)
+    pruner_like = load_labels(path, tasks=("scene",), attributes=["face"], split_seed=3, require_attributes=False)
+    audit_like = load_labels(path, tasks=("action",), split_seed=3, keep=["scene"])
+    assert adapter_like.split == pruner_like.split == audit_like.split
+    assert audit_like.split == stratified_split([r[1] for r in rows], 3)
+    no_action = write_csv(tmp_path / "n.csv", ["video", "scene", "face"], [[r[0], r[2], r[3]] for r in rows])
+    labels = load_labels(no_action, tasks=("scene",), split_seed=3)
+    assert labels.split_strata == "scene" and labels.split == stratified_split([r[2] for r in rows], 3)
+
+
+def test_split_column_takes_three_values_and_old_two_valued_files(tmp_path):
+    header = ["video", "split", "action", "face"]
+    three = write_csv(tmp_path / "3.csv", header, [["a", "train", "x", 1], ["b", "Attacker", "x", 0],
+                                                   ["c", "test", "x", 1]])
+    assert load_labels(three).split == ["train", "attacker", "test"]
+    two = write_csv(tmp_path / "2.csv", header, [["a", "train", "x", 1], ["c", "test", "x", 0]])
+    labels = load_labels(two)
+    assert labels.split == ["train", "test"] and labels.split_counts()["attacker"] == 0
 
 
 @pytest.mark.parametrize("header,rows,needle", [
@@ -54,7 +113,7 @@ def test_csv_without_split_is_seeded_and_stratified(tmp_path):
     (["video", "split", "action", "face"], [["v", "train", "run", 1], ["w", "train", "run", 0]],
      "no test videos"),
     (["video", "split", "action", "face"], [["v", "train", "run", 1], ["w", "val", "run", 0]],
-     "use train or test"),
+     "use train, attacker or test"),
     (["video", "split", "action", "face"], [["v", "train", "run", 1], ["v", "test", "run", 0]],
      "listed 2 times"),
     (["video", "split", "action"], [["v", "train", "run"], ["w", "test", "run"]], "no private attribute"),
@@ -110,7 +169,7 @@ def test_pa_hmdb51_folder(tmp_path):
     labels = load_labels(folder)
     assert labels.videos == ["brush_hair/vid_a.avi", "brush_hair/vid_b.avi", "pullup/vid_c.avi"]
     assert labels.tasks["action"] == ["brush_hair", "brush_hair", "pullup"]
-    assert labels.split_generated and set(labels.split) == {"train", "test"}
+    assert labels.split_generated and labels.split == stratified_split(labels.tasks["action"], 0)
     assert labels.attribute_names == list(VP_ATTRIBUTES)  # default: the 5-attribute protocol
     np.testing.assert_array_equal(labels.attribute_matrix(),
                                   [[1, 1, 1, 0, 1], [0, 1, 0, 1, 0], [1, 0, 1, 1, 0]])
@@ -119,6 +178,18 @@ def test_pa_hmdb51_folder(tmp_path):
                 "skin_color_white": [1, 0, 0], "skin_color_black": [0, 1, 0], "nudity_level2": [0, 1, 0]}
     for name, values in expected.items():
         np.testing.assert_array_equal(fine.attributes[name], values, err_msg=name)
+
+
+def test_pa_hmdb51_split_field(tmp_path):
+    entry = {"face": [[0, 9, 1]], "gender": [[0, 9, 1]]}
+    data = {f"v{i}.avi": {**entry, "split": split} for i, split in enumerate(["train", "attacker", "test", "train"])}
+    (tmp_path / "run.json").write_text(json.dumps(data))
+    labels = load_labels(tmp_path)
+    assert not labels.split_generated and labels.split == ["train", "attacker", "test", "train"]
+    del data["v1.avi"]["split"]
+    (tmp_path / "run.json").write_text(json.dumps(data))
+    with pytest.raises(AnonfeatError, match="3 of 4 entries have a \"split\" field but 'run/v1.avi' has none"):
+        load_labels(tmp_path)
 
 
 def test_pa_hmdb51_malformed_range(tmp_path):
@@ -139,6 +210,11 @@ def test_vp_pickle_loads(tmp_path, protocol):
     assert labels.videos[0] == "ApplyEyeMakeup/v_ApplyEyeMakeup_g00_c01.mp4"
     assert labels.task_classes("action") == ["ApplyEyeMakeup", "Archery"]
     np.testing.assert_array_equal(labels.attribute_matrix()[:3], [[0, 1, 0, 1, 1], [1, 1, 0, 0, 1], [0, 1, 0, 1, 1]])
+    # no split in the file: the derived one, three-valued, stratified on the class folder
+    assert labels.split_generated and labels.split == stratified_split(labels.tasks["action"], 0)
+    for cls in ("ApplyEyeMakeup", "Archery"):
+        assert sorted(s for s, a in zip(labels.split, labels.tasks["action"]) if a == cls) == \
+            ["attacker", "test", "train"]
 
 
 class _RunsShell:

@@ -259,17 +259,26 @@ def test_train_pruner_is_deterministic_and_writes_a_loadable_file(tmp_path: Path
 
 
 def test_train_pruner_without_attributes_uses_static_clip_ntxent(tmp_path: Path, bench: Path) -> None:
+    """Labels with neither attributes nor a split column: NT-Xent on static clips, trained on the
+    derived train rows only (recorded in the file), never on a test video."""
+    from anonfeat.labels import load_labels
+
     rows = list(csv.DictReader(bench.open()))
     plain = tmp_path / "labels.csv"
     with plain.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["video", "split", "action"])
+        writer = csv.DictWriter(handle, ["video", "action"])
         writer.writeheader()
-        writer.writerows({k: r[k] for k in ("video", "split", "action")} for r in rows)
+        writer.writerows({k: r[k] for k in ("video", "action")} for r in rows)
     from anonfeat.pruning.train import train_pruner
 
     report = train_pruner(bench.parent / "videos", plain, tmp_path / "n.safetensors", encoder=DEMO, epochs=1,
-                          warmup_epochs=0, batch_size=4, frame_stride=1, workers=0, progress=False)
+                          warmup_epochs=0, batch_size=4, frame_stride=1, workers=0, progress=False, split_seed=2)
     loaded = load_pruner(report.pruner)
+    derived = load_labels(plain, split_seed=2, require_attributes=False)
+    train_ids = {v for v, s in zip(derived.videos, derived.split) if s == "train"}
+    assert set(loaded.training_videos) == train_ids and report.train_videos + report.val_videos == len(train_ids)
+    assert not train_ids & {v for v, s in zip(derived.videos, derived.split) if s == "test"}
+    assert loaded.info["training"]["split_seed"] == 2 and loaded.info["training"]["seed"] == 0
     assert loaded.config.privacy_loss == "ntxent" and loaded.config.attributes == ()
     assert np.isfinite(report.history[-1]["privacy"])
     with pytest.raises(AnonfeatError, match="needs attribute columns"):
@@ -290,12 +299,26 @@ def _square_videos(root: Path) -> Path:
     return root
 
 
+def _decoded_clips(path: Path, rows: np.ndarray, cfg, resize: str = "short") -> torch.Tensor:
+    """Normalized clips (n, 3, T, s, s) of the source frames `rows` (n, T), through extraction's own
+    decoding and normalization (`FrameReader`, `to_clips`)."""
+    from anonfeat.video.reader import FrameReader
+    from anonfeat.video.stream import to_clips
+
+    reader = FrameReader(path, cfg.img_size, resize)
+    try:
+        frames, index = reader.frames(rows)
+    finally:
+        reader.close()
+    return to_clips(torch.from_numpy(frames), torch.from_numpy(index), cfg.img_size, torch.tensor(cfg.mean),
+                    torch.tensor(cfg.std))
+
+
 def test_prune_store_layout_counts_and_keep_one_parity(tmp_path: Path, trained: Path) -> None:
+    from anonfeat.extract import ExtractOptions, extract
     from anonfeat.pruning.run import prune
     from anonfeat.store import FeatureStore
-    from anonfeat.video.reader import FrameReader
     from anonfeat.video.sampling import clip_frame_indices
-    from anonfeat.video.stream import to_clips
 
     videos = _square_videos(tmp_path / "videos")
     result = prune(videos, tmp_path / "p.h5", trained, static_clips=2, frame_stride=1, progress=False, workers=0)
@@ -305,70 +328,136 @@ def test_prune_store_layout_counts_and_keep_one_parity(tmp_path: Path, trained: 
     with FeatureStore(tmp_path / "p.h5") as store:
         header = store.header
         assert header.features == "pruned" and header.extra["pruner"]["kept_counts"] == counts
+        assert header.extra["pruner"]["features"] == "masked" and header.encoder == DEMO
         n = len(store.clip_features("square.mp4"))
         assert store.static_features("square.mp4").shape == (2, 128)
         for block, count in zip(loaded.config.prune_blocks, counts):
             assert store.dataset("square.mp4", f"pruning/kept_{block}").shape == (n, count)
             assert store.dataset("square.mp4", f"pruning/scores_{block}").shape == (n, 128)
-        assert store.dataset("square.mp4", "pooled_features").shape == (n, 128)
+        with pytest.raises(KeyError):  # the pruner's own representation is not part of a masked store
+            store.dataset("square.mp4", "pooled_features")
+    # keep 1.0 masks nothing: the masked store is extract's store of the source encoder
     full = prune(videos, tmp_path / "full.h5", trained, keep_ratio=1.0, frame_stride=1, dtype="float32",
                  progress=False, workers=0)
-    assert not full.failed
+    raw = extract(videos, tmp_path / "raw.h5", ExtractOptions(encoder=DEMO, frame_stride=1, dtype="float32",
+                                                              progress=False, workers=0))
+    assert not full.failed and not raw.failed
+    with FeatureStore(tmp_path / "full.h5") as pruned, FeatureStore(tmp_path / "raw.h5") as extracted:
+        assert pruned.header.sampling == extracted.header.sampling
+        assert pruned.header.checkpoint_sha256 == extracted.header.checkpoint_sha256
+        for key in ("square.mp4", "wide.mp4"):
+            np.testing.assert_allclose(pruned.clip_features(key), extracted.clip_features(key), atol=1e-4)
+    # the pruner's action CLS at keep 1.0 is the unpruned model's
+    cls = prune(videos, tmp_path / "cls.h5", trained, keep_ratio=1.0, frame_stride=1, dtype="float32",
+                features="action-cls", progress=False, workers=0)
+    assert not cls.failed
     enc = loaded.config.encoder
-    reader = FrameReader(videos / "wide.mp4", enc.img_size)
-    indices = clip_frame_indices(reader.info.n_frames, Sampling(clip_len=enc.clip_len, frame_stride=1))
-    frames, index = reader.frames(indices)
-    clips = to_clips(torch.from_numpy(frames), torch.from_numpy(index), enc.img_size, torch.tensor(enc.mean),
-                     torch.tensor(enc.std))
+    clips = _decoded_clips(videos / "wide.mp4", clip_frame_indices(13, Sampling(clip_len=enc.clip_len, frame_stride=1)),
+                           enc)
     with torch.no_grad():
         expected = _unpruned_reference(loaded.model, clips)[:, 0].numpy()
-    with FeatureStore(tmp_path / "full.h5") as store:
+    with FeatureStore(tmp_path / "cls.h5") as store:
         np.testing.assert_allclose(store.clip_features("wide.mp4"), expected, atol=2e-4)
+        assert store.header.extra["pruner"]["features"] == "action-cls"
+        assert store.dataset("wide.mp4", "pooled_features").shape == (len(expected), 128)
     with pytest.raises(AnonfeatError, match="keep"):  # resuming with another keep ratio is refused
         prune(videos, tmp_path / "full.h5", trained, keep_ratio=0.5, frame_stride=1, dtype="float32", progress=False)
     again = prune(videos, tmp_path / "p.h5", trained, static_clips=2, frame_stride=1, progress=False, workers=0)
     assert sorted(item.key for item in again.skipped) == ["square.mp4", "wide.mp4"] and not again.written
 
 
+def test_prune_samples_like_extract_by_default() -> None:
+    """Audit compares pruned and extracted stores clip for clip: same flags, same defaults."""
+    from anonfeat.extract import ExtractOptions
+    from anonfeat.pruning.run import PruneOptions
+
+    for field in dataclasses.fields(ExtractOptions):
+        assert getattr(PruneOptions(), field.name) == getattr(ExtractOptions(), field.name), field.name
+
+
 def test_anonymized_video_is_black_exactly_where_tubelets_were_dropped(tmp_path: Path, trained: Path) -> None:
+    import av
+
     from anonfeat.pruning.run import prune
-    from anonfeat.store import FeatureStore
     from anonfeat.video.writer import read_frames
 
     videos = _square_videos(tmp_path / "videos")
     result = prune(videos, tmp_path / "p.h5", trained, frame_stride=1, save_videos=tmp_path / "anon",
-                   save_heatmaps=tmp_path / "heat", keep_ratio=0.8, progress=False, workers=0)
+                   save_heatmaps=tmp_path / "heat", keep_ratio=0.8, lossless=True, progress=False, workers=0)
     assert not result.failed
-    loaded = load_pruner(trained)
-    enc, last = loaded.config.encoder, loaded.config.prune_blocks[-1]
     for name in ("square.mp4", "wide.mp4"):
+        with av.open(str(tmp_path / "anon" / name)) as container:
+            assert container.streams.video[0].codec_context.pix_fmt == "yuv444p"
         original = np.stack(list(read_frames(videos / name))).astype(int)
         anonymized = np.stack(list(read_frames(tmp_path / "anon" / name))).astype(int)
         assert anonymized.shape == original.shape
-        with FeatureStore(tmp_path / "p.h5") as store:
-            kept = store.dataset(name, f"pruning/kept_{last}")
-        sampling = Sampling(clip_len=enc.clip_len, frame_stride=1)
-        grids = frame_grids(len(original), sampling, kept, enc)
-        rows, cols = pixel_cells(original.shape[1], original.shape[2], enc, "short")
-        masks = np.stack([pixel_mask(g, rows, cols) for g in grids])
-        assert 0.1 < masks.mean() < 0.8  # 0.8 ** 3 of the tubelets; wide frames also lose their sides
-        assert np.abs(anonymized[~masks]).max() == 0  # black exactly where dropped
-        assert np.abs(anonymized[masks] - original[masks]).max() <= 3  # lossless up to YUV rounding
+        shown = ~(anonymized == 0).all(axis=-1)
+        # every pixel is either black or the source's (lossless up to YUV rounding); the exact geometry
+        # is checked on known tubelets by test_anonymized_video_geometry_on_known_dropped_tubelets
+        assert np.abs(anonymized[shown] - original[shown]).max() <= 3
+        assert 0.1 < shown.mean() < 0.8  # 0.8 ** 3 of the tubelets; wide frames also lose their sides
+        if name == "wide.mp4":  # 48x80: the pruner saw the centre 48x48 square, columns 16..63
+            assert not shown[:, :, :16].any() and not shown[:, :, 64:].any()
         assert len(list((tmp_path / "heat" / Path(name).stem).glob("clip_*.png"))) >= 1
+
+
+@pytest.mark.parametrize("height, width", [(112, 168), (224, 224)])
+def test_anonymized_video_geometry_on_known_dropped_tubelets(tmp_path: Path, height: int, width: int) -> None:
+    """One 16-frame clip, videomae-tiny's grid (8 temporal x 7 x 7 tubelets of 2 frames and 16 px at
+    112 px): two tubelets dropped by hand. The expected mask is written out by slicing, not with
+    the rendering helpers: black outside the centre square the model saw, black on the dropped
+    tubelets' frames and cells, the source everywhere else."""
+    from anonfeat.encoders import load_encoder
+    from anonfeat.pruning.render import write_anonymized_video
+    from anonfeat.video.writer import read_frames
+
+    cfg = load_encoder("videomae-tiny", random_init=True).config
+    assert (cfg.img_size, cfg.grid, cfg.tubelet_size) == (112, (8, 7, 7), 2)
+    source = tmp_path / "source.mkv"
+    write_video(source, np.maximum(moving_frames(16, height, width, seed=31), 40), fps=25, lossless=True)
+    dropped = [(1, 2, 3), (5, 0, 6)]  # (temporal, row, column) tubelets
+    kept = np.array([[i for i in range(8 * 7 * 7) if (i // 49, i // 7 % 7, i % 7) not in dropped]])
+    out = tmp_path / "anon.mkv"
+    # lossless: the exact-pixel checks below need it (the default is yuv420p CRF 18, which rings at edges)
+    write_anonymized_video(source, out, 16, 25.0, Sampling(clip_len=16, frame_stride=1), kept, cfg, lossless=True)
+
+    side = min(height, width)
+    cell, top, left = side // 7, (height - side) // 2, (width - side) // 2
+    expected = np.zeros((16, height, width), dtype=bool)
+    expected[:, top:top + side, left:left + side] = True
+    for t, r, c in dropped:  # temporal tubelet t spans frames 2t and 2t+1 (frame stride 1)
+        expected[2 * t:2 * t + 2, top + r * cell:top + (r + 1) * cell, left + c * cell:left + (c + 1) * cell] = False
+    original = np.stack(list(read_frames(source))).astype(int)
+    anonymized = np.stack(list(read_frames(out))).astype(int)
+    assert anonymized.shape == original.shape == (16, height, width, 3)
+    assert anonymized[~expected].max() == 0  # black exactly where dropped (and outside the crop) ...
+    assert np.abs(anonymized[expected] - original[expected]).max() <= 3  # ... the source elsewhere,
+    assert anonymized[expected].min() > 0  # which is never black (>= 40 before encoding)
+    assert (~expected).sum() == 16 * height * (width - side) + 2 * 2 * cell * cell  # the hand count
 
 
 def test_pruned_store_is_audited_like_any_store(tmp_path: Path, bench: Path, trained: Path) -> None:
     from anonfeat.audit.runner import audit_stores
     from anonfeat.pruning.run import prune
 
+    from anonfeat.store import FeatureStore
+
     prune(bench.parent / "videos", tmp_path / "p.h5", trained, static_clips=2, frame_stride=1, progress=False,
           workers=0)
+    with FeatureStore(tmp_path / "p.h5") as store:  # the pruner's record of its training videos, copied
+        assert store.header.anonymizer_videos == load_pruner(trained).training_videos
+        assert {r["video"] for r in csv.DictReader(bench.open()) if r["split"] == "train"} == \
+            set(store.header.anonymizer_videos)
     report = audit_stores([tmp_path / "p.h5"], bench, seeds=1, epochs=5)
     result = report.stores[0]
-    assert 0.0 <= result.headline.cmap <= 1.0
-    assert 0.0 <= result.utility["action"]["top1"] <= 1.0
+    assert result.static is not None and result.n_static_videos == 16  # the pruned store's static clips
+    assert result.headline.cmap == max(result.static.cmap, result.clip.cmap)  # the worse attacker
+    assert set(result.utility) == {"action"} and result.utility["action"]["top1_std"] == 0.0  # one seed
+    assert result.headline.n_test >= 2 and result.clip.n_test == result.headline.n_test
+    assert result.attacker_split == "attacker" and result.test_seen_by_anonymizer == 0 and not result.optimistic
 
 
+@pytest.mark.integration
 def test_prune_cli_records_bad_videos_and_refuses_bad_flags(tmp_path: Path, trained: Path, bad_video_dir: Path) -> None:
     run = [sys.executable, "-m", "anonfeat"]
     done = subprocess.run([*run, "prune", str(bad_video_dir), "--pruner", str(trained), "--out",
@@ -384,3 +473,253 @@ def test_prune_cli_records_bad_videos_and_refuses_bad_flags(tmp_path: Path, trai
     missing = subprocess.run([*run, "prune", str(bad_video_dir), "--pruner", str(tmp_path / "none.safetensors"),
                               "--out", str(tmp_path / "q.h5")], capture_output=True, text=True)
     assert missing.returncode == 2 and "train-pruner" in missing.stderr + missing.stdout
+
+
+# -- masked-clip stores: the source encoder on what the pruner kept -------------------------------
+TINY = "videomae-tiny"
+ALIGNED = dict(frame_stride=2, dtype="float32", progress=False, workers=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_pruner(tmp_path_factory) -> Path:
+    """An untrained pruner over random-init videomae-tiny, recorded as `train-pruner --random-init` does."""
+    torch.manual_seed(0)
+    pruner, backbone = build_pruner(TINY, None, True, actions=("a", "b"), attributes=("x",), keep_rates=(0.7,))
+    return save_pruner(pruner, tmp_path_factory.mktemp("tiny") / "tiny.safetensors", {"backbone": backbone})
+
+
+@pytest.fixture(scope="module")
+def aligned_videos(tmp_path_factory) -> Path:
+    """64 frames each: at frame stride 2 the default sliding windows tile them (two clips, every frame
+    in exactly one temporal tubelet), so a saved video's frames line up with the clips of the store."""
+    root = tmp_path_factory.mktemp("aligned")
+    (root / "sub").mkdir()
+    write_video(root / "wide.mp4", moving_frames(64, 112, 150, seed=21), fps=25)
+    write_video(root / "sub" / "odd.mkv", moving_frames(64, 121, 113, seed=22), fps=25)  # odd sizes: padded
+    return root
+
+
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory, tiny_pruner: Path, aligned_videos: Path) -> Path:
+    from anonfeat.pruning.run import prune
+
+    out = tmp_path_factory.mktemp("masked")
+    result = prune(aligned_videos, out / "m.h5", tiny_pruner, static_clips=2, save_videos=out / "anon", **ALIGNED)
+    assert sorted(result.written) == ["sub/odd.mkv", "wide.mp4"] and not result.failed
+    return out
+
+
+def _blacked_out(clips: torch.Tensor, kept: np.ndarray, cfg) -> torch.Tensor:
+    """The expected masked clips, tubelet by tubelet from the kept grid positions: every other tubelet
+    gets the normalized value of a black (0) pixel, as `to_clips` normalizes one."""
+    from anonfeat.video.stream import to_clips
+
+    black_frame = torch.zeros((1, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8)
+    black = to_clips(black_frame, torch.zeros((1, 1), dtype=torch.long), cfg.img_size, torch.tensor(cfg.mean),
+                     torch.tensor(cfg.std))[0, :, 0, 0, 0]
+    out = clips.clone()
+    ts, p = cfg.tubelet_size, cfg.patch_size
+    for i in range(len(clips)):
+        for position in sorted(set(range(cfg.num_tokens)) - set(np.asarray(kept[i]).tolist())):
+            t, h, w = np.unravel_index(position, cfg.grid)
+            out[i, :, t * ts:(t + 1) * ts, h * p:(h + 1) * p, w * p:(w + 1) * p] = black.view(3, 1, 1, 1)
+    return out
+
+
+@torch.no_grad()
+def test_masked_store_is_the_source_encoder_on_the_masked_clips(masked_run: Path, tiny_pruner: Path,
+                                                                 aligned_videos: Path) -> None:
+    """Clip and static features equal the random-init source encoder (rebuilt here from its seed) on
+    the decoded clips with every tubelet not kept at the last stage blacked out."""
+    from anonfeat.encoders import RANDOM_INIT_SHA, load_encoder
+    from anonfeat.store import FeatureStore
+    from anonfeat.video.sampling import clip_frame_indices
+
+    loaded = load_pruner(tiny_pruner)
+    cfg, last = loaded.config.encoder, loaded.config.prune_blocks[-1]
+    encoder = load_encoder(TINY, random_init=True)
+    sampling = Sampling(clip_len=cfg.clip_len, frame_stride=2)
+    with FeatureStore(masked_run / "m.h5") as store:
+        header = store.header
+        assert header.encoder == TINY and header.checkpoint_sha256 == RANDOM_INIT_SHA
+        assert header.extra["pruner"]["features"] == "masked" and header.sampling["frame_stride"] == 2
+        for key in ("wide.mp4", "sub/odd.mkv"):
+            n_frames = int(store.video_attrs(key)["n_frames"])
+            clips = _decoded_clips(aligned_videos / key, clip_frame_indices(n_frames, sampling), cfg)
+            kept = store.dataset(key, f"pruning/kept_{last}")
+            assert kept.shape == (len(clips), loaded.config.kept_counts()[-1])
+            expected = encoder(_blacked_out(clips, kept, cfg)).numpy()
+            np.testing.assert_allclose(store.clip_features(key), expected, atol=1e-4)
+            assert not np.allclose(store.clip_features(key), encoder(clips).numpy(), atol=1e-2)  # really masked
+            # static clips: the pruner runs on each, its dropped tubelets are black before encoding
+            frames = store.dataset(key, "static_frames")
+            statics = _decoded_clips(aligned_videos / key, np.repeat(frames[:, None], cfg.clip_len, axis=1), cfg)
+            static_kept = loaded.model(statics).kept[-1].numpy()
+            expected = encoder(_blacked_out(statics, static_kept, cfg)).numpy()
+            np.testing.assert_allclose(store.static_features(key), expected, atol=1e-4)
+            assert not np.allclose(store.static_features(key), encoder(statics).numpy(), atol=1e-2)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_saved_videos_re_extract_to_the_masked_store(masked_run: Path, aligned_videos: Path, tmp_path: Path) -> None:
+    """`extract` with the source encoder on the saved videos gives the store's features (mean cosine
+    >= 0.9 per video, far closer than the unmasked videos' features), and the labels of the sources
+    match the saved videos."""
+    from anonfeat.extract import ExtractOptions, extract
+    from anonfeat.labels import load_labels, match_videos
+    from anonfeat.store import FeatureStore
+
+    saved = masked_run / "anon"
+    assert sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file()) == ["sub/odd.mp4", "wide.mp4"]
+    options = ExtractOptions(encoder=TINY, random_init=True, static_clips=2, **ALIGNED)
+    assert not extract(saved, tmp_path / "re.h5", options).failed
+    assert not extract(aligned_videos, tmp_path / "raw.h5", options).failed
+    with FeatureStore(masked_run / "m.h5") as masked, FeatureStore(tmp_path / "re.h5") as again, \
+            FeatureStore(tmp_path / "raw.h5") as raw:
+        assert again.header.sampling == masked.header.sampling and again.header.encoder == masked.header.encoder
+        for key in ("wide.mp4", "sub/odd.mkv"):
+            saved_key = str(Path(key).with_suffix(".mp4"))
+            close = _cosines(masked.clip_features(key), again.clip_features(saved_key)).mean()
+            unmasked = _cosines(raw.clip_features(key), again.clip_features(saved_key)).mean()
+            assert close >= 0.9 and close > unmasked + 0.2, (key, close, unmasked)
+        labels_csv = tmp_path / "labels.csv"
+        labels_csv.write_text("video,split,action\nwide.mp4,train,a\nsub/odd.mkv,test,b\n")
+        labels = load_labels(labels_csv, require_attributes=False)
+        match = match_videos(labels, again.videos())
+        assert len(match.pairs) == 2 and match.unmatched_labels == 0 and match.unmatched_store == 0
+
+
+def test_saved_videos_are_playable_h264_with_black_dropped_tubelets(masked_run: Path, tiny_pruner: Path,
+                                                                    aligned_videos: Path) -> None:
+    """Default output: H.264 yuv420p at even sizes (odd frames padded black at the bottom/right, the
+    content at the top-left), no audio; kept pixels near the source (CRF 18), dropped ones black."""
+    import av
+    from scipy.ndimage import binary_erosion
+
+    from anonfeat.store import FeatureStore
+    from anonfeat.video.writer import read_frames
+
+    loaded = load_pruner(tiny_pruner)
+    cfg, last = loaded.config.encoder, loaded.config.prune_blocks[-1]
+    for key, size in (("wide.mp4", (112, 150)), ("sub/odd.mkv", (122, 114))):
+        path = masked_run / "anon" / Path(key).with_suffix(".mp4")
+        with av.open(str(path)) as container:
+            assert len(container.streams.audio) == 0
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+            assert (stream.codec_context.height, stream.codec_context.width) == size
+        original = np.stack(list(read_frames(aligned_videos / key))).astype(int)
+        decoded = np.stack(list(read_frames(path))).astype(int)
+        height, width = original.shape[1:3]
+        assert decoded.shape == (len(original), *size, 3)
+        padding = np.concatenate([decoded[:, height:].reshape(-1), decoded[:, :, width:].reshape(-1)])
+        # black up to the chroma yuv420p shares with the content's last column, and CRF 18 ringing
+        assert padding.size == 0 or padding.mean() < 3
+        decoded = decoded[:, :height, :width]
+        with FeatureStore(masked_run / "m.h5") as store:
+            kept = store.dataset(key, f"pruning/kept_{last}")
+        grids = frame_grids(len(original), Sampling(clip_len=cfg.clip_len, frame_stride=2), kept, cfg)
+        rows, cols = pixel_cells(height, width, cfg, "short")
+        masks = np.stack([pixel_mask(g, rows, cols) for g in grids])
+        assert 0.2 < masks.mean() < 0.5  # 0.7 ** 3 of the tubelets kept
+        inner_kept = binary_erosion(masks, np.ones((1, 5, 5), dtype=bool))  # away from edges CRF smears
+        inner_dropped = binary_erosion(~masks, np.ones((1, 5, 5), dtype=bool))
+        # luma: yuv420p halves chroma resolution, and the odd source holds full-resolution colour noise
+        luma = np.array([0.299, 0.587, 0.114])
+        assert np.abs((decoded[inner_kept] - original[inner_kept]) @ luma).mean() < 5
+        assert decoded[inner_dropped].mean() < 2 and np.percentile(decoded[inner_dropped], 99) <= 12
+
+
+@pytest.mark.parametrize("fill", ["blur", "pixelate"])
+def test_fill_blurs_or_pixelates_dropped_tubelets_and_never_seen_pixels_stay_black(
+        fill: str, masked_run: Path, tiny_pruner: Path, aligned_videos: Path, tmp_path: Path) -> None:
+    from anonfeat.pruning.render import write_anonymized_video
+    from anonfeat.store import FeatureStore
+    from anonfeat.video.writer import read_frames
+
+    loaded = load_pruner(tiny_pruner)
+    cfg, last = loaded.config.encoder, loaded.config.prune_blocks[-1]
+    sampling = Sampling(clip_len=cfg.clip_len, frame_stride=2)
+    with FeatureStore(masked_run / "m.h5") as store:
+        kept = store.dataset("wide.mp4", f"pruning/kept_{last}")
+    out = tmp_path / "wide.mp4"
+    write_anonymized_video(aligned_videos / "wide.mp4", out, 64, 25.0, sampling, kept, cfg, fill=fill, lossless=True)
+    original = np.stack(list(read_frames(aligned_videos / "wide.mp4"))).astype(int)
+    filled = np.stack(list(read_frames(out))).astype(int)
+    rows, cols = pixel_cells(112, 150, cfg, "short")
+    masks = np.stack([pixel_mask(g, rows, cols) for g in frame_grids(64, sampling, kept, cfg)])
+    seen = np.broadcast_to(((rows[:, None] >= 0) & (cols[None, :] >= 0))[None], masks.shape)
+    dropped = seen & ~masks
+    assert (~seen).any() and dropped.any()
+    assert np.abs(filled[~seen]).max() == 0  # outside the centre crop: the model never saw it
+    assert np.abs(filled[masks] - original[masks]).max() <= 3
+    assert filled[dropped].mean() > 40  # not black: the background is uniform noise of mean ~127
+    assert np.abs(filled[dropped] - original[dropped]).mean() > 20  # the detail is gone
+    if fill == "pixelate":  # one colour per dropped tubelet cell
+        frame, cell = np.argwhere(dropped)[0][0], (rows == rows[np.argwhere(dropped)[0][1]])
+        cell_cols = cols == cols[np.argwhere(dropped)[0][2]]
+        block = filled[frame][np.ix_(cell, cell_cols)]
+        assert np.abs(block - block.reshape(-1, 3).mean(0)).max() <= 3
+
+
+def test_heatmap_figure_has_one_colour_scale_and_a_colour_bar() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anonfeat.encoders import get_config
+    from anonfeat.pruning.render import heatmap_figure
+
+    cfg = get_config(DEMO)
+    t, n = cfg.grid[0], cfg.num_tokens
+    rng = np.random.default_rng(0)
+    first = rng.uniform(-0.2, 0.1, n)
+    second = rng.uniform(0.0, 0.9, n)
+    kept_first = np.sort(rng.choice(n, 100, replace=False))
+    second[np.setdiff1d(np.arange(n), kept_first)] = np.nan  # pruned before: not scored
+    views = rng.integers(0, 255, (t, cfg.img_size, cfg.img_size, 3), dtype=np.uint8)
+    fig = heatmap_figure(views, np.arange(t), [first, second], [kept_first, kept_first[:80]], [1, 2], cfg, "v")
+    try:
+        score_images = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "magma"]
+        assert len(score_images) == 2 * t
+        low, high = float(first.min()), float(np.nanmax(second))
+        assert all(im.get_clim() == pytest.approx((low, high)) for im in score_images)
+        bars = {id(im.colorbar) for im in score_images if im.colorbar is not None}
+        assert len(bars) == 1 and len(fig.axes) == 3 * t + 1  # the frames, two stages and one colour bar
+    finally:
+        plt.close(fig)
+
+
+def test_prune_rebuilds_its_source_from_the_recorded_checkpoint(tmp_path: Path, aligned_videos: Path) -> None:
+    """The pruner file records the checkpoint path and sha256; a moved checkpoint is refused in one line
+    (exit 2, nothing written) until --checkpoint names it; other weights are refused naming both sha256."""
+    from safetensors.torch import save_file
+
+    from anonfeat.encoders import load_encoder
+    from anonfeat.pruning.run import prune
+
+    weights = tmp_path / "enc.safetensors"
+    save_file({k: v.contiguous() for k, v in load_encoder(TINY, random_init=True).state_dict().items()}, str(weights))
+    torch.manual_seed(0)
+    pruner, backbone = build_pruner(None, weights, False, actions=("a",), attributes=("x",), keep_rates=(0.7,))
+    assert backbone["checkpoint"] == str(weights.resolve()) and backbone["random_init"] is False
+    path = save_pruner(pruner, tmp_path / "p.safetensors", {"backbone": backbone})
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "wide.mp4").write_bytes((aligned_videos / "wide.mp4").read_bytes())
+    moved = weights.rename(tmp_path / "moved.safetensors")
+    done = subprocess.run([sys.executable, "-m", "anonfeat", "prune", str(one), "--pruner", str(path), "--out",
+                           str(tmp_path / "p.h5"), "--no-progress", "--workers", "0"], capture_output=True, text=True)
+    message = done.stderr.strip()
+    assert done.returncode == 2 and len(message.splitlines()) == 1 and "Traceback" not in done.stdout + message
+    assert str(weights.resolve()) in message and "--checkpoint" in message and not (tmp_path / "p.h5").exists()
+    assert not prune(one, tmp_path / "p.h5", path, checkpoint=moved, **ALIGNED).failed
+    other = load_encoder(TINY, random_init=True).state_dict()
+    other["norm.weight" if "norm.weight" in other else next(iter(other))] += 1.0
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(AnonfeatError, match=f"sha256 .* {backbone['checkpoint_sha256']}"):
+        prune(one, tmp_path / "q.h5", path, checkpoint=tmp_path / "other.safetensors", **ALIGNED)

@@ -90,8 +90,8 @@ def ws(video_dir, tmp_path_factory) -> Workspace:
     sanitized = root / "sanitized.h5"
     sanitize_store(raw, adapter, sanitized, progress=False)
     torch.manual_seed(0)
-    model, _ = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
-    pruner = save_pruner(model, root / "pruner.safetensors", {"sampling": {"frame_stride": 2}})
+    model, backbone = build_pruner("videomae-tiny", None, True, actions=("a", "b"), attributes=("x",))
+    pruner = save_pruner(model, root / "pruner.safetensors", {"backbone": backbone, "sampling": {"frame_stride": 2}})
     pruned = root / "pruned.h5"
     assert prune(videos, pruned, pruner, PruneOptions(**PRUNE_OPTIONS)).exit_code == 3
     return Workspace(videos, raw, adapter, sanitized, pruner, pruned)
@@ -197,6 +197,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_sigkill_at_every_point_then_rerun_gives_the_uninterrupted_store(ws, tmp_path, name):
     command = COMMANDS[name]
@@ -212,10 +213,21 @@ def test_sigkill_at_every_point_then_rerun_gives_the_uninterrupted_store(ws, tmp
     assert_stores_equal(out, reference)
 
 
-def test_kill_hook_is_inert_without_the_variable_and_rejects_bad_specs():
+def test_kill_hook_is_inert_without_the_variable_and_rejects_bad_specs(monkeypatch):
     from anonfeat import killpoints
 
     assert killpoints._TARGET is None or os.environ.get(killpoints.ENV)
+    monkeypatch.setattr(killpoints, "_hits", 0)
+    monkeypatch.setattr(killpoints, "_TARGET", None)  # as without ANONFEAT_TEST_KILL_AT
+    for point in killpoints.POINTS * 3:
+        assert killpoints.kill_point(point) is None  # this process is still here...
+    assert killpoints._hits == 0  # ... and nothing was even counted
+    monkeypatch.setattr(killpoints, "_TARGET", ("written", 3))  # armed for another point, not reached yet
+    for point in ("decode", "write", "write-datasets", "write-mark") * 3:
+        killpoints.kill_point(point)
+    killpoints.kill_point("written")
+    killpoints.kill_point("written")
+    assert killpoints._hits == 2  # only its own point counts; the third would kill
     for bad in ("nowhere:1", "write", "write:0", "write:x"):
         with pytest.raises(ValueError, match="ANONFEAT_TEST_KILL_AT"):
             killpoints._parse(bad)
@@ -242,6 +254,7 @@ def _first_two(ws: Workspace, out: Path) -> None:
 NO_WORKERS = [*EXTRACT_FLAGS, "--workers", "0"]
 
 
+@pytest.mark.integration
 def test_full_disk_stops_with_one_line_and_keeps_completed_videos(ws, tmp_path):
     """The file cannot grow (ulimit -f): the next video is refused before HDF5 writes anything."""
     out = tmp_path / "full.h5"
@@ -260,6 +273,7 @@ def test_full_disk_stops_with_one_line_and_keeps_completed_videos(ws, tmp_path):
     assert_stores_equal(out, ws.raw)
 
 
+@pytest.mark.integration
 def test_disk_full_inside_an_hdf5_write_is_survived_like_a_crash(ws, tmp_path):
     """Without the space check (margin 0, a disk filled by someone else meanwhile), the write fails
     inside HDF5, which may crash the process; the file is then as after a kill."""
@@ -352,6 +366,7 @@ def test_permission_denied_is_one_line_and_the_store_still_opens(ws, tmp_path, m
 
 
 # -- inspect --verify ------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_verify_accepts_sound_stores(ws, tmp_path):
     for path in (ws.raw, ws.sanitized):
         with FeatureStore(path) as store:
@@ -404,6 +419,7 @@ def test_verify_names_each_problem(ws, tmp_path, case):
     assert [p.key for p in problems] == [key] and needle in problems[0].message, problems
 
 
+@pytest.mark.integration
 def test_cli_verify_reports_problems_with_exit_4_and_json(ws, tmp_path):
     path = tmp_path / "bad.h5"
     shutil.copy(ws.raw, path)

@@ -14,6 +14,7 @@ import pytest
 
 decord = pytest.importorskip("decord")
 
+from anonfeat.labels import stratified_split  # noqa: E402
 from anonfeat.synth import (  # noqa: E402
     ACTIONS,
     ATTRIBUTES,
@@ -37,14 +38,16 @@ def _rows(labels: Path) -> list[dict[str, str]]:
 
 
 def test_make_benchmark_layout(tmp_path: Path) -> None:
-    labels = make_benchmark(tmp_path / "bench", n_videos=10, size=(64, 64), n_frames=16, seed=3)
+    labels = make_benchmark(tmp_path / "bench", n_videos=15, size=(64, 64), n_frames=16, seed=3)
     assert labels == tmp_path / "bench" / "labels.csv"
     header = labels.read_text().splitlines()[0]
     assert header == "video,split,action,dark_skin,striped_shirt,long_hair,hat"
     rows = _rows(labels)
-    assert len(rows) == 10
-    for split in ("train", "test"):
+    assert len(rows) == 15
+    for split in ("train", "attacker", "test"):  # three splits, each action in each
         assert {r["action"] for r in rows if r["split"] == split} == set(ACTIONS)
+    # the split is the one every command derives from these actions and seed
+    assert [r["split"] for r in rows] == stratified_split([r["action"] for r in rows], 3)
     for r in rows:
         assert r["video"] == f"{r['action']}/{Path(r['video']).name}"
         assert all(r[a] in ("0", "1") for a in ATTRIBUTES)
@@ -177,6 +180,7 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         render_video("dance", NONE)
 
 
+@pytest.mark.integration
 def test_synth_cli_writes_benchmark(tmp_path):
     import subprocess
     import sys
@@ -186,4 +190,5 @@ def test_synth_cli_writes_benchmark(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "b" / "labels.csv").read_text().splitlines()
     assert lines[0] == "video,split,action,dark_skin,striped_shirt,long_hair,hat" and len(lines) == 6
+    assert {line.split(",")[1] for line in lines[1:]} == {"train", "attacker", "test"}
     assert len(list((tmp_path / "b" / "videos").rglob("*.mp4"))) == 5

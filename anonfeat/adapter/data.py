@@ -17,7 +17,8 @@ from anonfeat.store import FeatureStore, StoreHeader
 class VideoFeatures:
     """Per-video features of the train split, aligned with labels."""
 
-    keys: list[str]
+    keys: list[str]  # store keys
+    videos: list[str]  # the label ids of the same videos (what model files record as seen)
     clips: list[torch.Tensor]  # (T_i, D) each
     statics: list[torch.Tensor]  # (N_i, D) each
     task_targets: dict[str, torch.Tensor]  # (n_videos,) class index per task
@@ -34,7 +35,8 @@ class VideoFeatures:
     def subset(self, index: np.ndarray) -> "VideoFeatures":
         idx = torch.as_tensor(index, dtype=torch.long)
         return VideoFeatures(
-            keys=[self.keys[i] for i in index], clips=[self.clips[i] for i in index],
+            keys=[self.keys[i] for i in index], videos=[self.videos[i] for i in index],
+            clips=[self.clips[i] for i in index],
             statics=[self.statics[i] for i in index],
             task_targets={t: v[idx] for t, v in self.task_targets.items()}, task_classes=self.task_classes,
             attributes=self.attributes[idx], attribute_names=self.attribute_names, header=self.header,
@@ -42,12 +44,12 @@ class VideoFeatures:
 
 
 def read_training_features(store_path: str | Path, labels: Labels, split: str = "train") -> VideoFeatures:
-    """Features of the labelled videos of `split` (every labelled video when the labels had no split column)."""
+    """Features of the labelled videos of `split`: label rows of other splits are never read (labels
+    without a split column carry the derived one, see `anonfeat.labels.stratified_split`)."""
     with FeatureStore(store_path) as store:
         header = store.header
         match = match_videos(labels, store.videos())
-        # Without a split column every labelled video trains (the issue's contract).
-        rows = [(i, key) for i, key in match.pairs if labels.split_generated or labels.split[i] == split]
+        rows = [(i, key) for i, key in match.pairs if labels.split[i] == split]
         if not rows:
             raise AnonfeatError(f"{store_path}: no labelled video of the {split!r} split is in the store "
                                 f"({match.unmatched_labels} label rows unmatched); check --labels")
@@ -62,7 +64,8 @@ def read_training_features(store_path: str | Path, labels: Labels, split: str = 
     index = np.array([i for i, _ in rows])
     tasks = {t: torch.from_numpy(labels.task_targets(t)[index]) for t in labels.tasks}
     attrs = torch.from_numpy(labels.attribute_matrix()[index].astype(np.float32))
-    return VideoFeatures(keys=[k for _, k in rows], clips=clips, statics=statics, task_targets=tasks,
+    return VideoFeatures(keys=[k for _, k in rows], videos=[labels.videos[i] for i in index], clips=clips,
+                         statics=statics, task_targets=tasks,
                          task_classes={t: labels.task_classes(t) for t in labels.tasks}, attributes=attrs,
                          attribute_names=labels.attribute_names, header=header,
                          unmatched_labels=match.unmatched_labels, unmatched_store=match.unmatched_store)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from anonfeat.adapter.leace import KIND as LEACE, LinearEraser
 from anonfeat.adapter.model import AnonymizingAdapter
 from anonfeat.encoders.checkpoints import file_sha256
 from anonfeat.errors import AnonfeatError
@@ -15,14 +16,22 @@ from anonfeat.store import StoreHeader
 
 METADATA_KEY = "anonfeat_adapter"
 FORMAT = "anonfeat-adapter/1"
+AAM = "aam"
+KINDS = (AAM, LEACE)  # config "kind"; files without one are AAM adapters
 
 
 @dataclass
 class LoadedAdapter:
-    model: AnonymizingAdapter
-    config: dict  # architecture, encoder identity, training flags, metrics
+    model: AnonymizingAdapter | LinearEraser
+    config: dict  # kind, architecture, encoder identity, training flags and videos, metrics
     sha256: str
     path: Path
+
+    @property
+    def training_videos(self) -> tuple[str, ...] | None:
+        """Label ids of the videos it was trained on (None: a file written before they were recorded)."""
+        videos = self.config.get("training_videos")
+        return None if videos is None else tuple(str(v) for v in videos)
 
     def check_store(self, header: StoreHeader, source: str | Path) -> None:
         """Refuse features from another encoder, checkpoint or dim than the adapter was trained on."""
@@ -38,14 +47,29 @@ class LoadedAdapter:
             raise AnonfeatError(f"{source}: features are already {header.features}; sanitize raw features only")
 
 
-def save_adapter(model: AnonymizingAdapter, path: str | Path, config: dict) -> Path:
+def save_adapter(model: AnonymizingAdapter | LinearEraser, path: str | Path, config: dict) -> Path:
     return save_model_file(model.state_dict(), path, METADATA_KEY, {"format": FORMAT, **model.architecture(), **config})
+
+
+def _build(config: dict, path: Path) -> AnonymizingAdapter | LinearEraser:
+    """The empty model a config describes; its tensors are then checked against it."""
+    kind = config.get("kind", AAM)
+    if kind not in KINDS:
+        raise AnonfeatError(f"{path}: adapter kind {kind!r} is not one this anonfeat knows ({', '.join(KINDS)}); "
+                            "upgrade anonfeat or re-train with `anonfeat train-adapter`")
+    if kind == LEACE:
+        return LinearEraser(config["dim"], config["rank"])
+    return AnonymizingAdapter(config["dim"], config["depth"], config["num_heads"], config["mlp_ratio"])
 
 
 def load_adapter(path: str | Path, device: str | torch.device = "cpu") -> LoadedAdapter:
     """Read an adapter file; wrong shapes or a foreign file are refused naming the tensors."""
     path = Path(path)
     state, config = read_model_file(path, METADATA_KEY, "adapter", "anonfeat train-adapter")
-    model = AnonymizingAdapter(config["dim"], config["depth"], config["num_heads"], config["mlp_ratio"])
+    try:
+        model = _build(config, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnonfeatError(f"{path}: adapter config is incomplete or malformed ({type(exc).__name__}: {exc}); "
+                            "re-create it with `anonfeat train-adapter`") from None
     load_checked_state(model, state, path, "adapter")
     return LoadedAdapter(model.to(device).eval(), config, file_sha256(path), path)

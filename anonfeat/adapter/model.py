@@ -56,7 +56,7 @@ class AnonymizingAdapter(nn.Module):
         return out[0] if squeeze else out
 
     def architecture(self) -> dict:
-        return {"dim": self.dim, "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
+        return {"kind": "aam", "dim": self.dim, "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
 
 
 def pad_sequences(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,23 +68,25 @@ def pad_sequences(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def sanitize_features(adapter: AnonymizingAdapter, features: torch.Tensor | list[torch.Tensor],
+def sanitize_features(adapter: nn.Module, features: torch.Tensor | list[torch.Tensor],
                       static: bool = False) -> torch.Tensor | list[torch.Tensor]:
-    """Apply a trained adapter: a (T, D) video, a (B, T, D) batch, or a list of (T_i, D) videos.
+    """Apply a trained adapter (an `AnonymizingAdapter` or any adapter kind taking the same (B, T, D)
+    input and valid mask): a (T, D) video, a (B, T, D) batch, or a list of (T_i, D) videos.
 
     static=True treats every row as its own one-clip sequence (static clips are single frames
     repeated, each sanitized alone, as in training).
     """
     adapter.eval()
+    device = next(adapter.buffers()).device
     if isinstance(features, list):
         if not features:
             return []
         if static:
             return [sanitize_features(adapter, f, static=True) for f in features]
         padded, valid = pad_sequences([f.float() for f in features])
-        out = adapter(padded.to(adapter.feature_mean.device), valid.to(adapter.feature_mean.device)).cpu()
+        out = adapter(padded.to(device), valid.to(device)).cpu()
         return [out[i, :len(f)] for i, f in enumerate(features)]
-    x = features.float().to(adapter.feature_mean.device)
+    x = features.float().to(device)
     if static:
         return adapter(x.reshape(-1, 1, x.shape[-1])).reshape(x.shape).cpu()
     return adapter(x).cpu()

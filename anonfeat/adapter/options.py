@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import COMPRESSIONS, check_declared, comma_list, device_option, option, progress_option
+from anonfeat.options import (COMPRESSIONS, check_declared, comma_list, device_option, option, progress_option,
+                              split_seed_option)
 
+METHODS = ("aam", "leace")
 PRIVACY_LOSSES = ("ntxent", "attributes", "both")
 ATTRIBUTE_LOSSES = ("decorrelate", "grl")
 PAIRS = ("static", "all")
@@ -16,8 +18,11 @@ PAIRS = ("static", "all")
 
 @dataclass
 class AdapterTrainOptions:
-    """Flags of `anonfeat train-adapter`; defaults are the ones the README's demo table measures."""
+    """Flags of `anonfeat train-adapter`; defaults and their meaning: docs/cli.md#train-adapter."""
 
+    method: str = option("aam", "aam (the trained adapter) or leace (closed-form LEACE eraser of the --attributes "
+                                "columns on clip and static-clip rows; the loss flags do not apply).",
+                          choices=METHODS)
     tasks: tuple[str, ...] = option(("action",), "Utility column to co-train (repeatable).", "--task",
                                     cli_type=List[str], parse=tuple)
     attributes: list[str] | None = option(None, "Attribute columns a,b,c for --privacy-loss attributes|both "
@@ -45,7 +50,8 @@ class AdapterTrainOptions:
                         choices=PAIRS)
     max_clips: int = 32  # clips per video per step (a random window), bounds memory on long videos
     val_fraction: float = 0.15
-    seed: int = option(0, "Seed of the split, the initialization and the batches.")
+    seed: int = option(0, "Seed of the validation part, the initialization and the batches.")
+    split_seed: int = split_seed_option()
     device: str = device_option()
     progress: bool = progress_option()
 

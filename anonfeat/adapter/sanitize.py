@@ -19,7 +19,10 @@ from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 
 
 def sanitized_header(raw: StoreHeader, adapter: LoadedAdapter) -> StoreHeader:
-    return dataclasses.replace(raw, features="sanitized", adapter_sha256=adapter.sha256)
+    """The raw header marked sanitized by this adapter, with the adapter's record of its training
+    videos (the audit refuses to test on them)."""
+    return dataclasses.replace(raw, features="sanitized", adapter_sha256=adapter.sha256,
+                               anonymizer_videos=adapter.training_videos)
 
 
 def refuse_unchanged(adapter: LoadedAdapter, what: str, raw: np.ndarray, sanitized: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """Training the Anonymizing Adapter Module on features cached in a store.
 
-Loss (DESIGN.md section 1, extended where the probe showed the paper's form falls short):
+Loss (docs/method.md; AAM, arXiv 2511.08666, extended where the probe showed the paper's form falls short):
     L = w_lc * MSE(f_A(h), h) + w_t * sum_task CE(head_task(f_A(h)), y) - w_b * privacy
     privacy = NT-Xent(f_A(s1), f_A(s2))                  static clips of one video (paper)
             + NT-Xent(f_A(c_a), f_A(c_b))                two motion clips of one video (clip pairs)
@@ -29,6 +29,7 @@ from torch import nn
 from anonfeat import distributed
 from anonfeat.adapter.data import VideoFeatures, read_training_features
 from anonfeat.adapter.io import save_adapter
+from anonfeat.adapter.leace import fit_leace
 from anonfeat.adapter.losses import attribute_correlation, grl_weight, latent_consistency, nt_xent, reverse_gradient
 from anonfeat.adapter.model import AnonymizingAdapter, pad_sequences
 from anonfeat.adapter.options import AdapterTrainOptions
@@ -310,15 +311,37 @@ def _probe_inputs(adapter: AnonymizingAdapter, data: VideoFeatures, view: str, s
     return adapter.standardize(x.to(device))
 
 
+def _file_config(data: VideoFeatures, options: AdapterTrainOptions, **facts) -> dict:
+    """What an adapter file says about itself besides its architecture: the encoder whose features it
+    takes, the flags, the label ids of every video it read (its fit and validation parts), and `facts`."""
+    header = data.header
+    return {
+        "encoder": {"name": header.encoder, "checkpoint_sha256": header.checkpoint_sha256,
+                    "config": header.encoder_config.to_dict()},
+        "store_sampling": header.sampling,
+        "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device")},
+        "training_videos": list(data.videos),
+        **facts,
+    }
+
+
 def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
                   options: AdapterTrainOptions | None = None, **overrides) -> TrainReport:
-    """`anonfeat train-adapter`: fit on the train split of `labels`, write the adapter to `out`."""
+    """`anonfeat train-adapter`: fit on the train split of `labels`, write the adapter to `out`.
+
+    Only label rows of the train split are read (labels without a split column get the derived one,
+    seeded by `options.split_seed`); the validation part is carved out of them. With
+    `options.method == "leace"` a LEACE eraser of the attributes is fit instead (`anonfeat.adapter.leace`).
+    """
     options = with_overrides(options, AdapterTrainOptions, overrides)
     options.validate()
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
-    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,
-                            require_attributes=options.privacy_loss != "ntxent")
+    needs_attributes = options.method == "leace" or options.privacy_loss != "ntxent"
+    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes,
+                            split_seed=options.split_seed, require_attributes=needs_attributes)
     data = read_training_features(store, label_set, split="train")
+    if options.method == "leace":
+        return _train_leace(data, out, options, ctx)
     fit, val = split_validation(data, options.val_fraction, options.seed)
     trainer, history = fit_adapter(fit, options)
     if not ctx.is_main:  # rank 0 alone evaluates and writes the adapter
@@ -330,18 +353,23 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
         metrics["val_top1"] = utility_accuracy(trainer, val)
         metrics["val_top1_raw"] = utility_accuracy(trainer, val, False)
         metrics["privacy_probe"] = quick_privacy_probe(trainer, fit, val, seed=options.seed)
-    header = data.header
-    config = {
-        "encoder": {"name": header.encoder, "checkpoint_sha256": header.checkpoint_sha256,
-                    "config": header.encoder_config.to_dict()},
-        "store_sampling": header.sampling,
-        "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device")},
-        "metrics": metrics,
-        "final_losses": history[-1] if history else {},
-        "history": history,
-        "world_size": ctx.world_size,
-    }
+    config = _file_config(data, options, metrics=metrics, final_losses=history[-1] if history else {},
+                          history=history, world_size=ctx.world_size)
     path = save_adapter(trainer.adapter.cpu(), out, config)
     return TrainReport(adapter=path, train_videos=len(fit), val_videos=0 if val is None else len(val),
                        unmatched_labels=data.unmatched_labels, unmatched_store=data.unmatched_store,
                        history=history, metrics=metrics)
+
+
+def _train_leace(data: VideoFeatures, out: str | Path, options: AdapterTrainOptions, ctx) -> TrainReport:
+    """Closed form on every train video (no validation part: nothing is tuned); rank 0 writes it."""
+    eraser = fit_leace(data)
+    rows = sum(len(c) + len(s) for c, s in zip(data.clips, data.statics))
+    metrics = {"leace": {"rank": eraser.rank, "rows": rows, "attributes": list(data.attribute_names)}}
+    report = TrainReport(adapter=Path(out), train_videos=len(data), val_videos=0,
+                         unmatched_labels=data.unmatched_labels, unmatched_store=data.unmatched_store,
+                         metrics=metrics)
+    if ctx.is_main:
+        report.adapter = save_adapter(eraser, out, _file_config(data, options, metrics=metrics,
+                                                                world_size=ctx.world_size))
+    return report

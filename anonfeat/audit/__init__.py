@@ -16,7 +16,8 @@ import importlib
 _LAZY = {
     "ATTACKERS": "anonfeat.audit.options", "AuditOptions": "anonfeat.audit.options",
     "build_attacker": "anonfeat.audit.attackers", "build_probe": "anonfeat.audit.attackers",
-    "plot": "anonfeat.audit.report", "render_table": "anonfeat.audit.report",
+    "audit_figure": "anonfeat.audit.report", "plot": "anonfeat.audit.report",
+    "render_table": "anonfeat.audit.report",
     "report_json": "anonfeat.audit.report", "write_json": "anonfeat.audit.report",
     "AttackResult": "anonfeat.audit.runner", "AuditReport": "anonfeat.audit.runner",
     "StoreResult": "anonfeat.audit.runner", "audit_store": "anonfeat.audit.runner",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import check_declared, comma_list, device_option, option
+from anonfeat.options import check_declared, comma_list, device_option, option, split_seed_option
 
 ATTACKERS = ("mlp", "linear")
 
@@ -32,6 +32,9 @@ class AuditOptions:
     batch_size: int = 512
     val_fraction: float = 0.2
     seed: int = 0
+    split_seed: int = split_seed_option()
+    allow_seen: bool = option(False, "Audit stores whose anonymizer trained on test videos (refused by default: "
+                                     "their figures flatter them).")
 
     def validate(self) -> None:
         check_declared(self)

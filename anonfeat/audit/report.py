@@ -22,9 +22,17 @@ def _attack_json(attack: AttackResult) -> dict:
 
 
 def store_json(result: StoreResult) -> dict:
-    """One store's entry; rates are fractions, undefined values null."""
+    """One store's entry; rates are fractions, undefined values null.
+
+    attacker_split: the split attackers and probes were fit on ("attacker", or "train" when the labels
+    have no attacker videos); optimistic: true when that is "train" for an anonymized store;
+    test_seen_by_anonymizer: test videos the store's anonymizer trained on (0 for raw stores, null
+    when the anonymizer recorded nothing)."""
     headline = result.headline
     return {
+        "attacker_split": result.attacker_split,
+        "optimistic": result.optimistic,
+        "test_seen_by_anonymizer": result.test_seen_by_anonymizer,
         "privacy": {
             "cmap": headline.cmap,
             "cmap_std": headline.cmap_std,
@@ -42,8 +50,13 @@ def store_json(result: StoreResult) -> dict:
 
 
 def report_json(report: AuditReport) -> dict:
-    """{"stores": {path: ...}, "baseline": path or null} (the baseline is also one of the stores)."""
-    return _finite({"stores": {r.path: store_json(r) for r in report.stores}, "baseline": report.baseline})
+    """{"stores": {path: ...}, "baseline": path or null, "split": ...} (the baseline is also one of the
+    stores); "split" says where the split came from: {"derived", "split_seed", "stratified_on", "counts"}."""
+    labels = report.labels
+    split = {"derived": labels.split_generated, "split_seed": labels.split_seed,
+             "stratified_on": labels.split_strata, "counts": labels.split_counts()}
+    return _finite({"stores": {r.path: store_json(r) for r in report.stores}, "baseline": report.baseline,
+                    "split": split})
 
 
 def _finite(value):
@@ -78,7 +91,8 @@ def render_table(report: AuditReport) -> Table:
                         f"{len(report.attributes)} attributes)", title_justify="left")
     for name, justify in (("store", "left"), ("videos", "right"), ("cMAP ↓", "right"), ("static", "right"),
                           ("clip", "right"), ("chance", "right"), ("F1 ↓", "right"), (f"top-1 {task} ↑", "right"),
-                          ("leak. red.", "right"), ("leak. removed", "right"), ("util. drop", "right")):
+                          ("leak. red.", "right"), ("leak. removed", "right"), ("util. drop", "right"),
+                          ("attackers fit on", "left")):
         table.add_column(name, justify=justify)
     for result in report.stores:
         headline = result.headline
@@ -95,6 +109,7 @@ def render_table(report: AuditReport) -> Table:
             _fmt(result.leakage_reduction),
             _fmt(result.leakage_removed),
             _fmt(result.utility_drop),
+            result.attacker_split + (" [yellow](optimistic)[/]" if result.optimistic else ""),
         )
     return table
 
@@ -122,7 +137,22 @@ def bias_lines(report: AuditReport) -> list[str]:
 
 # -- plot -----------------------------------------------------------------------------------------
 def plot(report: AuditReport, path: str | Path) -> Path:
-    """PNG: privacy (headline cMAP, lower is better) against utility (top-1), and per-attribute AP bars."""
+    """PNG: privacy (headline cMAP, lower is better) against utility (top-1), and per-attribute AP bars
+    (see `audit_figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = audit_figure(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def audit_figure(report: AuditReport):
+    """The audit plot as a matplotlib Figure: left, headline cMAP against top-1 per store with the chance
+    cMAP as a dashed line; right, each attribute's AP per store with its chance level (the attribute's
+    positive rate among the test videos, the AP of a constant score) as a dashed mark over each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,12 +179,22 @@ def plot(report: AuditReport, path: str | Path) -> Path:
     names = report.attributes
     width = 0.8 / max(len(report.stores), 1)
     positions = np.arange(len(names))
+    chance_y, chance_x = [], []
     for i, result in enumerate(report.stores):
         values = [result.headline.per_attribute[n]["ap"] for n in names]
         heights = [np.nan if v is None else v for v in values]
         ax_bars.bar(positions + i * width, heights, width,
                     color="black" if result.is_baseline else f"C{i}",
                     label=Path(result.path).stem + (" (baseline)" if result.is_baseline else ""))
+        for j, name in enumerate(names):
+            chance = result.headline.per_attribute[name].get("chance_ap")
+            if chance is not None:
+                chance_y.append(chance)
+                chance_x.append(positions[j] + i * width)
+    if chance_y:
+        x = np.asarray(chance_x)
+        ax_bars.hlines(chance_y, x - width / 2, x + width / 2, colors="red", linestyles="--", linewidth=1.5,
+                       label="chance (positive rate)", gid="chance")
     ax_bars.set_xticks(positions + width * (len(report.stores) - 1) / 2)
     ax_bars.set_xticklabels(names, rotation=30, ha="right")
     ax_bars.set_ylim(0, 1)
@@ -162,8 +202,4 @@ def plot(report: AuditReport, path: str | Path) -> Path:
     ax_bars.set_title("per-attribute leakage")
     ax_bars.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

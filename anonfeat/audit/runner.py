@@ -1,10 +1,17 @@
 """The audit: fresh attackers and probes per store and seed, honest splits, aggregated metrics.
 
 Protocol (per store, per seed i = seed + run):
-1. Videos are matched to the labels; their train/test split comes from the labels (fixed across stores
-   and seeds). A validation part of train (`val_fraction`, stratified on the first task when possible) is
-   drawn with seed i.
-2. Features are standardized with statistics of the remaining training samples.
+0. Before any attacker runs: a sanitized or pruned store whose anonymizer recorded training videos
+   that are test videos of these labels is refused (`allow_seen` overrides; the count is reported).
+1. Videos are matched to the labels; their train/attacker/test split comes from the labels, or is
+   derived with `split_seed` (`anonfeat.labels.stratified_split`), fixed across stores and seeds.
+   Attackers and probes are fit on the attacker split, videos the anonymizer never saw (the realistic
+   threat: an adversary holding labelled sanitized features of other people). Without attacker videos
+   they are fit on train, and an anonymized store's figures are marked optimistic: a supervised
+   anonymizer cleans its own training videos best. A validation part of the fitting split
+   (`val_fraction`, stratified on the first task when possible) is drawn with seed i; test is never
+   used before the final scoring.
+2. Features are standardized with statistics of the remaining fitting samples.
 3. Static attacker on static-clip features and clip attacker on clip features predict the k private
    attributes (BCE); a linear probe on clip features predicts each utility task (cross-entropy). Each
    keeps the epoch with the best validation score; the test split is scored once, at the end.
@@ -31,7 +38,7 @@ from anonfeat.audit.attackers import (Samples, Standardizer, TrainConfig, build_
 from anonfeat.audit.options import AuditOptions
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import Labels, Match, load_labels, match_videos
-from anonfeat.store import FeatureStore
+from anonfeat.store import FeatureStore, StoreHeader
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -63,6 +70,15 @@ class StoreResult:
     bias: dict | None = None
     n_static_videos: int = 0
     best_epochs: dict[str, list[int]] = field(default_factory=dict)
+    attacker_split: str = "attacker"  # the split attackers and probes were fit on: "attacker" or "train"
+    test_seen_by_anonymizer: int | None = 0  # test videos in the anonymizer's record (None: no record)
+    features: str = "raw"  # the store header's features: raw, sanitized or pruned
+
+    @property
+    def optimistic(self) -> bool:
+        """Attackers fit on the train split of an anonymized store: that anonymizer may have trained on
+        exactly those videos, so the leakage figures may be too low."""
+        return self.attacker_split == "train" and self.features != "raw"
 
     @property
     def headline(self) -> AttackResult:
@@ -96,6 +112,7 @@ class StoreFeatures:
     clip: tuple[np.ndarray, np.ndarray]
     static: tuple[np.ndarray, np.ndarray] | None
     dim: int
+    features: str = "raw"  # the header's kind of features
 
 
 def read_store_features(path: str | Path, labels: Labels) -> StoreFeatures:
@@ -114,10 +131,32 @@ def read_store_features(path: str | Path, labels: Labels) -> StoreFeatures:
             if s is not None and len(s):
                 statics.append(s)
                 static_owner.append(np.full(len(s), position, dtype=np.int64))
-        dim = int(store.header.dim)
+        dim, kind = int(store.header.dim), store.header.features
     clip = (np.concatenate(clips).astype(np.float32), np.concatenate(clip_owner))
     static = (np.concatenate(statics).astype(np.float32), np.concatenate(static_owner)) if statics else None
-    return StoreFeatures(match=match, clip=clip, static=static, dim=dim)
+    return StoreFeatures(match=match, clip=clip, static=static, dim=dim, features=kind)
+
+
+# -- who saw what --------------------------------------------------------------------------------
+def count_seen_test_videos(header: StoreHeader, labels: Labels) -> int | None:
+    """How many test videos of `labels` the store's anonymizer trained on, matched to the label ids it
+    recorded like store keys (`match_videos`). 0 for raw features (no anonymizer); None for an
+    anonymized store whose anonymizer recorded nothing (made before anonfeat recorded it: unknown)."""
+    if header.features == "raw":
+        return 0
+    if header.anonymizer_videos is None:
+        return None
+    seen = match_videos(labels, header.anonymizer_videos)
+    return int(sum(labels.split[i] == "test" for i in seen.label_indices))
+
+
+def check_not_seen(path: str, seen: int | None, labels: Labels) -> None:
+    """Refuse a store whose anonymizer trained on test videos: its test figures would flatter it."""
+    if seen:
+        n_test = len(labels.indices("test"))
+        raise AnonfeatError(f"{path}: its anonymizer trained on {seen} of the {n_test} test videos of "
+                            f"{labels.source}; re-train it on the train split of these labels (same --split-seed) "
+                            "or pass --allow-seen to audit it anyway (its figures then flatter it)")
 
 
 # -- one training run --------------------------------------------------------------------------
@@ -129,9 +168,9 @@ class _Split:
 
 
 def validation_split(train: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (fit, val) partition of the training videos, stratified on `strata` when every class allows."""
+    """Seeded (fit, val) partition of the fitting videos, stratified on `strata` when every class allows."""
     if len(train) < 2:
-        raise AnonfeatError(f"only {len(train)} training video(s) matched; the audit needs at least 2 "
+        raise AnonfeatError(f"only {len(train)} video(s) of the fitting split matched; the audit needs at least 2 "
                             "(one to fit, one to validate)")
     n_val = min(max(1, int(round(len(train) * fraction))), len(train) - 1)
     try:
@@ -221,7 +260,10 @@ def _summarize_attack(runs: list[tuple[np.ndarray, np.ndarray]], y: np.ndarray, 
     y_test = y[runs[0][0]]
     mask = metrics.evaluable(y_test)
     mean_ap, mean_f1 = np.mean(aps, axis=0), np.mean(f1_attr, axis=0)
-    per_attribute = {name: {"ap": _num(mean_ap[j]), "f1": _num(mean_f1[j])} for j, name in enumerate(names)}
+    positive_rate = y_test.mean(axis=0) if len(y_test) else np.full(len(names), np.nan)
+    per_attribute = {name: {"ap": _num(mean_ap[j]), "f1": _num(mean_f1[j]),
+                            "chance_ap": _num(positive_rate[j]) if mask[j] else None}  # AP of a constant score
+                     for j, name in enumerate(names)}
     return AttackResult(
         cmap=float(np.mean(cmaps)), cmap_std=float(np.std(cmaps)),
         f1=float(np.mean(f1s)), f1_std=float(np.std(f1s)),
@@ -268,11 +310,14 @@ def audit_store(path: str | Path, labels: Labels, attributes: list[str], options
     rows = features.match.label_indices
     y_attr = labels.attribute_matrix(attributes)[rows]
     split = np.array(labels.split, dtype=object)[rows]
-    train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
-    for name, ids in (("train", train), ("test", test)):
+    # Attackers fit on videos the anonymizer never saw when there are any (module docstring, step 1);
+    # one attacker video alone cannot be both fit and validated on.
+    attacker_split = "attacker" if (split == "attacker").sum() >= 2 else "train"
+    fitting, test = np.flatnonzero(split == attacker_split), np.flatnonzero(split == "test")
+    for name, ids in ((attacker_split, fitting), ("test", test)):
         if not len(ids):
             raise AnonfeatError(f"{path}: none of the matched videos is in the {name} split of {labels.source}; "
-                                "label the store's videos in both train and test")
+                                "label the store's videos in train (or attacker) and test")
     if not metrics.evaluable(y_attr[test]).any():
         raise AnonfeatError(f"{path}: no private attribute has both values among the test videos of "
                             f"{labels.source}; the audit cannot measure leakage (relabel or resplit)")
@@ -283,7 +328,7 @@ def audit_store(path: str | Path, labels: Labels, attributes: list[str], options
     epochs: dict[str, list[int]] = {"static": [], "clip": [], **{t: [] for t in options.tasks}}
     for run in range(options.seeds):
         seed = options.seed + run
-        fit, val = validation_split(train, first_task[train], options.val_fraction, seed)
+        fit, val = validation_split(fitting, first_task[fitting], options.val_fraction, seed)
         split_ids = _Split(fit=fit, val=val, test=test)
         if features.static is not None:
             result = run_attacker(features.static, split_ids, y_attr, options, seed, device)
@@ -322,6 +367,8 @@ def audit_store(path: str | Path, labels: Labels, attributes: list[str], options
         bias=bias,
         n_static_videos=n_static,
         best_epochs=epochs,
+        attacker_split=attacker_split,
+        features=features.features,
     )
 
 
@@ -356,8 +403,8 @@ def audit_stores(stores: Sequence[str | Path], labels: Labels | str | Path, base
     device = options.device if isinstance(options.device, torch.device) else resolve_device(options.device)
     if not isinstance(labels, Labels):
         keep = [options.bias_attribute] if options.bias_attribute else []
-        labels = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,
-                             keep=keep)
+        labels = load_labels(labels, tasks=options.tasks, attributes=options.attributes,
+                             split_seed=options.split_seed, keep=keep)
     missing = [t for t in options.tasks if t not in labels.tasks]
     if missing:
         raise AnonfeatError(f"{labels.source}: no task column {', '.join(missing)}; "
@@ -374,15 +421,34 @@ def audit_stores(stores: Sequence[str | Path], labels: Labels | str | Path, base
     if not paths and baseline is None:
         raise AnonfeatError("give at least one STORE.h5 to audit")
     order = ([str(baseline)] if baseline is not None else []) + [p for p in paths if p != str(baseline)]
+    seen: dict[str, int | None] = {}
+    for path in order:  # before any attacker runs: minutes later is too late to learn this
+        with FeatureStore(path) as store:
+            seen[path] = count_seen_test_videos(store.header, labels)
+        if not options.allow_seen:
+            check_not_seen(path, seen[path], labels)
     results = []
     for path in order:
         if progress:
             progress(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # sklearn's single-class warnings: handled above
-            results.append(audit_store(path, labels, attributes, options, device,
-                                       is_baseline=baseline is not None and path == str(baseline)))
+            result = audit_store(path, labels, attributes, options, device,
+                                 is_baseline=baseline is not None and path == str(baseline))
+        result.test_seen_by_anonymizer = seen[path]
+        results.append(result)
     notes = []
+    for result in results:
+        if result.optimistic:
+            notes.append(f"{result.path}: no attacker-split videos, so attackers and probes were fit on the train "
+                         "split, which its anonymizer may have trained on: its figures are optimistic (give the "
+                         "labels an attacker split, or drop the split column for a derived one)")
+        if result.test_seen_by_anonymizer is None:
+            notes.append(f"{result.path}: its anonymizer did not record its training videos (made by an older "
+                         "anonfeat); whether it saw test videos is unknown")
+        elif result.test_seen_by_anonymizer:
+            notes.append(f"{result.path}: its anonymizer trained on {result.test_seen_by_anonymizer} test videos "
+                         "(--allow-seen): its figures flatter it")
     if baseline is not None:
         base = results[0]
         for result in results[1:]:

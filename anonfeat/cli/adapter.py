@@ -24,10 +24,10 @@ def train_adapter_command(
     options: AdapterTrainOptions = None,
     ui: Output = None,
 ) -> None:
-    """Train an Anonymizing Adapter on a store's train split (no video is decoded).
+    """Train an Anonymizing Adapter (or fit a LEACE eraser) on a store's train split (no video is decoded).
 
     Under torchrun: DistributedDataParallel, --batch-size is the global batch split over the ranks;
-    rank 0 writes the adapter (README "Running on many GPUs and nodes")."""
+    rank 0 writes the adapter (docs/distributed.md)."""
     from anonfeat import distributed
     from anonfeat.adapter.train import train_adapter
 
@@ -37,6 +37,15 @@ def train_adapter_command(
     ui.result(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
               f"{report.unmatched_labels} label rows not in the store, {report.unmatched_store} store videos unlabelled")
     metrics = report.metrics
+    summary = {"adapter": report.adapter, "method": options.method, "train_videos": report.train_videos,
+               "val_videos": report.val_videos, "unmatched_labels": report.unmatched_labels,
+               "unmatched_store": report.unmatched_store, "metrics": report.metrics, "history": report.history}
+    if "leace" in metrics:
+        fit = metrics["leace"]
+        ui.result(f"LEACE eraser of rank {fit['rank']} for {', '.join(fit['attributes'])}, fit on {fit['rows']} "
+                  f"clip and static-clip rows; written to [bold]{report.adapter}[/]")
+        ui.emit(summary)
+        return
     table = Table(title="utility top-1 (trained heads, video level)")
     table.add_column("task")
     for column in ("train raw", "train sanitized", "val raw", "val sanitized"):
@@ -56,9 +65,7 @@ def train_adapter_command(
     for record in report.history:
         ui.detail("  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     ui.result(f"adapter written to [bold]{report.adapter}[/]")
-    ui.emit({"adapter": report.adapter, "train_videos": report.train_videos, "val_videos": report.val_videos,
-             "unmatched_labels": report.unmatched_labels, "unmatched_store": report.unmatched_store,
-             "metrics": report.metrics, "history": report.history})
+    ui.emit(summary)
 
 
 @command(app, "sanitize", SanitizeOptions)

@@ -23,16 +23,17 @@ def audit(
     options: AuditOptions = None,
     ui: Output = None,
 ) -> None:
-    """Measure private-attribute leakage (cMAP, lower is better) and utility (top-1) of feature stores."""
+    """Measure private-attribute leakage (cMAP, lower is better) and utility (top-1) of feature stores.
+
+    Attackers and probes are fit on the attacker split (train when the labels have none: figures marked
+    optimistic) and scored on test."""
     from anonfeat.audit import audit_stores, plot, render_table, report_json
     from anonfeat.audit.report import bias_lines, match_lines
     from anonfeat.labels import load_labels
 
-    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, seed=options.seed,
+    label_set = load_labels(labels, tasks=options.tasks, attributes=options.attributes, split_seed=options.split_seed,
                             keep=[options.bias_attribute] if options.bias_attribute else [])
-    if label_set.split_generated:
-        ui.status(f"{labels}: no split column; seeded stratified split on {options.tasks[0]!r} "
-                  f"({len(label_set.indices('train'))} train / {len(label_set.indices('test'))} test)")
+    ui.status(label_set.split_summary())
     report = audit_stores(stores, label_set, baseline=baseline, options=options,
                           progress=lambda path: ui.status(f"auditing {path} ..."))
     ui.result(*match_lines(report), render_table(report), *bias_lines(report))

@@ -35,7 +35,7 @@ def bench_command(options: BenchOptions = None, ui: Output = None) -> None:
 
     table = Table(title=f"anonfeat bench: {s['encoder']} {s['input']}, batch {s['batch_size']}, "
                         f"{s['workers']} worker(s), stride {s['frame_stride']}/{s['clip_stride']}, "
-                        f"{result['device']}{', compiled' if s['compile'] else ''}")
+                        f"{result['device']}{', compiled' if s['compile'] else ''}, decoder {result['decoder']}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("unit")

@@ -23,6 +23,11 @@ def finish_store_command(result, ui: Output) -> None:
         raise typer.Exit(0)
     ui.result(f"[bold]{result.store}[/]: {len(result.written)} written, {len(result.skipped)} already done, "
               f"{len(result.failed)} failed; {result.clips} clips in {result.seconds:.1f}s")
+    fallbacks = getattr(result, "decoder_fallbacks", [])
+    if fallbacks:
+        shown = ", ".join(fallbacks[:5]) + (", ..." if len(fallbacks) > 5 else "")
+        ui.result(f"  {len(fallbacks)} videos decoded on the CPU (fallback: the {result.decoder} decoder "
+                  f"cannot decode their stream): {shown}")
     for key, error in sorted(result.failed.items()):
         ui.result(f"  [red]failed[/] {key}: {error}")
     for key in result.written:
@@ -46,7 +51,7 @@ def extract_command(
     """Extract clip features (and static clips) of every video into STORE; re-runs resume.
 
     Under torchrun (WORLD_SIZE > 1) each rank extracts its share into STORE.shards/ and rank 0
-    merges them into STORE (README "Running on many GPUs and nodes")."""
+    merges them into STORE (docs/distributed.md)."""
     from anonfeat import distributed
 
     result = distributed.extract_sharded(videos, out, options, adapter=adapter, keep_shards=keep_shards)

@@ -9,7 +9,7 @@ A command's flags come from two places, in the spirit of huggingface_hub's `cli/
 Every command also gets `--json PATH|-`, `-q/--quiet` and `-v/--verbose`, and receives an `Output`.
 
 Adding a flag to a command with an options class is one field in that class, e.g. in ExtractOptions:
-    decoder: str = option("auto", "Video decoder: ...", choices=("auto", "cpu", "gpu"))
+    decoder: str = option("auto", "Video decoding: ...", choices=DECODERS)
 """
 
 from __future__ import annotations

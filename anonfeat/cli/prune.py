@@ -33,6 +33,9 @@ def train_pruner_command(
     ui.result(f"trained on {report.train_videos} videos (validation {report.val_videos}); "
               f"{report.unmatched_labels} label rows without a video, {report.unmatched_videos} videos unlabelled, "
               f"{report.failed_videos} clips failed to decode")
+    if report.decoder_fallbacks:
+        ui.result(f"{report.decoder_fallbacks} clips decoded on the CPU (fallback: --decoder could not decode "
+                  "their video)")
     val, unpruned = report.metrics.get("val", {}), report.metrics.get("val_unpruned", {})
     if val:
         table = Table(title="validation videos (centre clip)")
@@ -48,10 +51,10 @@ def train_pruner_command(
     ui.result(f"pruner written to [bold]{report.pruner}[/]")
     ui.emit({"pruner": report.pruner, "train_videos": report.train_videos, "val_videos": report.val_videos,
              "unmatched_labels": report.unmatched_labels, "unmatched_videos": report.unmatched_videos,
-             "failed_videos": report.failed_videos, "metrics": report.metrics, "history": report.history})
+             "failed_videos": report.failed_videos, "decoder_fallbacks": report.decoder_fallbacks, "metrics": report.metrics, "history": report.history})
 
 
-@command(app, "prune", PruneOptions, exclude=("encoder", "checkpoint", "random_init", "compile"))
+@command(app, "prune", PruneOptions, exclude=("encoder", "random_init", "compile"))
 def prune_command(
     videos: VideosArg,
     pruner: Annotated[Path, typer.Option("--pruner", "-p", help="Pruner file from train-pruner.")],
@@ -60,7 +63,9 @@ def prune_command(
     options: PruneOptions = None,
     ui: Output = None,
 ) -> None:
-    """Pruned features (action CLS) of every video into STORE, in extract's layout; re-runs resume.
+    """Pruned features of every video into STORE, in extract's layout and sampling; re-runs resume.
+
+    By default the features are the source encoder's on the masked clips (dropped tubelets black).
 
     Under torchrun each rank prunes its share into STORE.shards/ and rank 0 merges them."""
     from anonfeat.pruning.run import prune_sharded

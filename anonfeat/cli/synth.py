@@ -19,11 +19,13 @@ def synth_command(
     options: SynthOptions = None,
     ui: Output = None,
 ) -> None:
-    """Write a synthetic benchmark: appearance carries private attributes, motion the action."""
+    """Write a synthetic benchmark: appearance carries private attributes, motion the action.
+
+    labels.csv splits each action 50/25/25 into train (anonymizers), attacker (the audit's attackers
+    and probes) and test."""
     from anonfeat.synth import make_benchmark
 
     labels = make_benchmark(out_dir, n_videos=options.n_videos, size=(options.size, options.size),
-                            n_frames=options.n_frames, fps=options.fps, test_fraction=options.test_fraction,
-                            seed=options.seed, progress=options.progress)
+                            n_frames=options.n_frames, fps=options.fps, seed=options.seed, progress=options.progress)
     ui.result(f"wrote {options.n_videos} videos under {out_dir / 'videos'} and {labels}")
     ui.emit({"videos_dir": out_dir / "videos", "labels": labels, "videos": options.n_videos})

@@ -1,9 +1,12 @@
 """Reading encoder checkpoints in the layouts users bring, into anonfeat's parameter names.
 
 Supported: official VideoMAE / VideoMAEv2 .pth (weights under "model"/"module", optional
-"encoder."/"backbone." prefixes, q_bias/v_bias), Hugging Face VideoMAE (a directory with
-config.json, or a .safetensors/.bin file), and plain state dicts. Every .pth goes through
-torch.load(weights_only=True), so a checkpoint cannot run code.
+"encoder."/"backbone." prefixes, q_bias/v_bias), Hugging Face transformers' VideoMAEModel,
+VideoMAEForVideoClassification and VideoMAEForPreTraining (a directory with config.json, a Hub
+snapshot folder or id, or a .safetensors/.bin file), mmaction2's VisionTransformer
+(mmaction/models/backbones/vit_mae.py: patch_embed.projection, mlp.layers.0.0 / mlp.layers.1,
+under "state_dict" with "backbone." and "cls_head."), and plain state dicts. Every .pth goes
+through torch.load(weights_only=True), so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from pathlib import Path
 import torch
 
 from anonfeat.encoders.config import REGISTRY, EncoderConfig
+from anonfeat.encoders.hub import WEIGHT_NAMES, parse_hub_id, resolve_hub_id, weights_in
 from anonfeat.errors import AnonfeatError
 
 _WRAPPER_KEYS = ("model", "module", "state_dict", "model_state")
 _DROP_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token", "head.", "classifier.",
-                  "fc_dropout.", "pixel_values")
-_HF_CONFIG_NAMES = ("config.json",)
-_HF_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+                  "fc_dropout.", "pixel_values", "cls_head.", "data_preprocessor.")
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     sha256: str
     hf_config: dict | None = None
-    layout: str = "official"  # "official", "huggingface" or "timm"
+    layout: str = "official"  # "official", "huggingface" or "mmaction"
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -67,20 +69,28 @@ def _load_tensor_file(path: Path) -> dict:
                             "pass a .pth/.safetensors file or a Hugging Face directory") from None
 
 
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A local path for `checkpoint`: itself when it exists or is not a Hub id, else the Hugging
+    Face cache snapshot folder of the id (downloaded when needed, see anonfeat.encoders.hub)."""
+    hub_id = parse_hub_id(str(checkpoint))
+    return Path(checkpoint) if hub_id is None else resolve_hub_id(hub_id)
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint file or Hugging Face directory; keys are not renamed yet."""
     path = Path(path)
     hf_config = None
     if path.is_dir():
-        weights = next((path / n for n in _HF_WEIGHT_NAMES if (path / n).is_file()), None)
+        weights = weights_in(path)
         if weights is None:
-            raise AnonfeatError(f"{path}: directory holds no {' or '.join(_HF_WEIGHT_NAMES)}; "
-                                "pass a Hugging Face model directory or a weights file")
+            raise AnonfeatError(f"{path}: directory holds no {' or '.join(WEIGHT_NAMES)} (nor a single "
+                                ".safetensors/.pth file); pass a Hugging Face model directory or a weights file")
         config_file = path / "config.json"
     elif path.is_file():
         weights, config_file = path, path.with_name("config.json")
     else:
-        raise AnonfeatError(f"{path}: no such checkpoint file or directory")
+        raise AnonfeatError(f"{path}: no such checkpoint file or directory (nor a Hugging Face id: org/name"
+                            "[@revision])")
     if config_file.is_file():
         try:
             hf_config = json.loads(config_file.read_text())
@@ -153,12 +163,34 @@ def _from_huggingface(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+# mmaction2's VisionTransformer: mmcv's PatchEmbed (projection) and FFN (layers.0.0 = fc1, layers.1 = fc2).
+_MMACTION_RENAMES = [
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^blocks\.(\d+)\.mlp\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^blocks\.(\d+)\.mlp\.layers\.1\.", r"blocks.\1.mlp.fc2."),
+]
+
+
+def _from_mmaction(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in _MMACTION_RENAMES:
+            key, count = re.subn(pattern, replacement, key)
+            if count:
+                break
+        out[key] = value
+    return out
+
+
 def to_anonfeat_names(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """Rename a checkpoint's keys to VideoViT's parameter names."""
     state = _strip_prefixes(ckpt.state_dict)
     if any(k.startswith(("encoder.layer.", "embeddings.")) for k in state):
         ckpt.layout = "huggingface"
         state = _from_huggingface(state)
+    elif any(k.startswith("patch_embed.projection.") for k in state):
+        ckpt.layout = "mmaction"
+        state = _from_mmaction(state)
     renamed = {}
     for key, value in state.items():
         key = re.sub(r"^blocks\.(\d+)\.gamma_1$", r"blocks.\1.ls1.gamma", key)
@@ -171,8 +203,9 @@ def infer_config(state: dict[str, torch.Tensor], hf_config: dict | None, layout:
                  base: EncoderConfig | None = None) -> EncoderConfig:
     """Architecture from a (renamed) state dict: Hugging Face config.json first, then shapes."""
     if "patch_embed.proj.weight" not in state:
-        raise AnonfeatError("checkpoint has no tubelet embedding (patch_embed.proj.weight or "
-                            "embeddings.patch_embeddings.projection.weight): not a VideoMAE encoder")
+        raise AnonfeatError("checkpoint has no tubelet embedding (patch_embed.proj.weight, "
+                            "patch_embed.projection.weight or embeddings.patch_embeddings.projection.weight): "
+                            "not a VideoMAE encoder")
     proj = state["patch_embed.proj.weight"]
     if proj.ndim != 5:
         raise AnonfeatError(f"checkpoint's patch_embed.proj.weight has shape {tuple(proj.shape)}, not a "

@@ -14,8 +14,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class EncoderConfig:
     """Everything needed to rebuild an encoder and feed it correctly.
 
-    `family` is "videomae" (a video ViT with tubelet embedding) or "timm"
-    (a timm image model applied frame by frame, then averaged over time).
+    `family` names the EncoderFamily (anonfeat.encoders.families) that builds and feeds it:
+    "videomae" (a video ViT with tubelet embedding) or "timm" (a timm image model applied frame
+    by frame, then averaged over time). `interpolation`, `crop_pct` and `crop_mode` say how frames
+    are resized before the centre crop to `img_size` (timm's data config names and meanings).
     """
 
     name: str
@@ -34,7 +36,10 @@ class EncoderConfig:
     init_values: float = 0.0  # layer scale (gamma_1/gamma_2); 0 means none
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    timm_model: str | None = None  # for family == "timm"
+    timm_model: str | None = None  # the timm model name (family "timm")
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0  # the short side is resized to floor(img_size / crop_pct), then centre-cropped
+    crop_mode: str = "center"  # "center": keep the aspect ratio; "squash": resize both sides
 
     @property
     def clip_len(self) -> int:
@@ -109,20 +114,3 @@ REGISTRY: dict[str, EncoderConfig] = {
 }
 
 TIMM_PREFIX = "timm:"
-
-
-def get_config(name: str) -> EncoderConfig:
-    """Look up a registered encoder, or describe a `timm:<model>` one."""
-    from anonfeat.errors import AnonfeatError
-
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if name.startswith(TIMM_PREFIX):
-        from anonfeat.encoders.framewise import timm_config
-
-        return timm_config(name[len(TIMM_PREFIX):])
-    known = ", ".join(sorted(REGISTRY))
-    raise AnonfeatError(
-        f"unknown encoder {name!r}: choose one of {known}, or timm:<model_name> "
-        "(see `anonfeat encoders`)"
-    )

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from torch import nn
 
+from anonfeat.encoders.base import RANDOM_INIT, CheckpointIdentity, Encoder
 from anonfeat.encoders.config import EncoderConfig
 
 
@@ -119,13 +120,11 @@ class Block(nn.Module):
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x)))), attn
 
 
-class VideoViT(nn.Module):
+class VideoViT(Encoder):
     """Video ViT encoder: (B, 3, T, H, W) normalized clips -> tokens (B, N, D) / pooled (B, D)."""
 
-    def __init__(self, cfg: EncoderConfig, drop_path_rate: float = 0.0):
-        super().__init__()
-        self.config = cfg
-        self.embed_dim = cfg.embed_dim
+    def __init__(self, cfg: EncoderConfig, drop_path_rate: float = 0.0, checkpoint: CheckpointIdentity = RANDOM_INIT):
+        super().__init__(cfg, checkpoint)
         self.patch_embed = TubeletEmbed(cfg)
         self.register_buffer("pos_embed", sinusoid_position_table(cfg.num_tokens, cfg.embed_dim),
                              persistent=False)

@@ -1,5 +1,5 @@
 """Where a pruner's backbone comes from: a registered video encoder or checkpoint (weights copied),
-or a timm image ViT inflated over time (DESIGN.md section 2)."""
+or a timm image ViT inflated over time (docs/method.md#tubelet-pruner; arXiv 2603.26336)."""
 
 from __future__ import annotations
 
@@ -8,64 +8,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anonfeat.encoders.config import TIMM_PREFIX, EncoderConfig
+from anonfeat.encoders.base import Backbone
+from anonfeat.encoders.config import REGISTRY, TIMM_PREFIX, EncoderConfig
+from anonfeat.encoders.families import family_of
+from anonfeat.encoders.framewise import inflate_vit
+from anonfeat.encoders.hub import parse_hub_id
 from anonfeat.errors import AnonfeatError
 from anonfeat.pruning.model import PrunerConfig, TubeletPruner
+from anonfeat.pruning.scoring import NUM_CLS
 
 
 def inflate_timm_vit(vit: nn.Module, name: str, num_frames: int = 16, tubelet_size: int = 2
                      ) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
-    """A timm VisionTransformer as a video ViT: (config, state in TubeletPruner names).
+    """A timm VisionTransformer as a pruner backbone: (config, state in TubeletPruner names), both CLS
+    tokens starting from the image CLS token (plus its position); see encoders.framewise.inflate_vit."""
+    backbone = inflate_vit(vit, name, num_frames, tubelet_size)
+    return backbone.config, _pruner_state(backbone)
 
-    The 2-D patch kernel is repeated over `tubelet_size` frames and divided by it, so a static clip
-    embeds exactly like its frame; the learned spatial position table is repeated over time; both
-    CLS tokens start from the image CLS token (plus its position). timm's key bias is dropped: it adds
-    the same amount to every logit of a query, which softmax ignores.
-    """
-    from timm.layers import LayerScale
-    from timm.models.vision_transformer import VisionTransformer
 
-    if not isinstance(vit, VisionTransformer) or vit.cls_token is None or vit.num_prefix_tokens != 1 \
-            or getattr(vit, "no_embed_class", False):
-        raise AnonfeatError(f"{name}: only timm VisionTransformers with one CLS token and a position table "
-                            "covering it can be inflated (e.g. timm:vit_base_patch16_224)")
-    block = vit.blocks[0]
-    if not isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity):
-        raise AnonfeatError(f"{name}: ViTs with query/key norms cannot be inflated into this backbone")
-    if num_frames % tubelet_size:
-        raise AnonfeatError(f"--clip-len {num_frames} must be a multiple of the tubelet size {tubelet_size}")
-    dim = vit.embed_dim
-    patch = int(vit.patch_embed.patch_size[0])
-    img = int(vit.patch_embed.img_size[0])
-    layer_scale = isinstance(block.ls1, LayerScale)
-    cfg_data = getattr(vit, "pretrained_cfg", {}) or {}
-    final = vit.norm if isinstance(vit.norm, nn.LayerNorm) else vit.fc_norm
-    cfg = EncoderConfig(
-        name=f"{name}-inflated", family="videomae", embed_dim=dim, depth=len(vit.blocks),
-        num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim, patch_size=patch,
-        tubelet_size=tubelet_size, img_size=img, num_frames=num_frames, qkv_bias=block.attn.qkv.bias is not None,
-        final_norm="norm", layer_norm_eps=block.norm1.eps, init_values=1e-5 if layer_scale else 0.0,
-        mean=tuple(float(v) for v in cfg_data.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(float(v) for v in cfg_data.get("std", (0.229, 0.224, 0.225))))
-    source = {k: v.detach() for k, v in vit.state_dict().items()}
-    kernel = source["patch_embed.proj.weight"]
-    state = {
-        "patch_embed.proj.weight": kernel[:, :, None].repeat(1, 1, tubelet_size, 1, 1) / tubelet_size,
-        "patch_embed.proj.bias": source["patch_embed.proj.bias"],
-        "pos_embed": source["pos_embed"][:, 1:].repeat(1, num_frames // tubelet_size, 1),
-        "cls_tokens": (source["cls_token"] + source["pos_embed"][:, :1]).repeat(1, 2, 1),
-    }
-    for key, value in source.items():
-        if not key.startswith("blocks."):
-            continue
-        if key.endswith("attn.qkv.bias"):
-            prefix = key[: -len("qkv.bias")]
-            state[prefix + "q_bias"], _, state[prefix + "v_bias"] = value.chunk(3)
-        else:
-            state[key] = value
-    if isinstance(final, nn.LayerNorm):
-        state["norm.weight"], state["norm.bias"] = final.weight.detach(), final.bias.detach()
-    return cfg, state
+def _pruner_state(backbone: Backbone) -> dict[str, torch.Tensor]:
+    state = dict(backbone.state)
+    if backbone.cls_token is not None:
+        state["cls_tokens"] = backbone.cls_token.repeat(1, NUM_CLS, 1)
+    return state
 
 
 def build_pruner(encoder: str | None, checkpoint: str | Path | None, random_init: bool, *,
@@ -77,20 +42,68 @@ def build_pruner(encoder: str | None, checkpoint: str | Path | None, random_init
     from anonfeat.encoders import load_encoder
 
     loaded = load_encoder(encoder, checkpoint, random_init)
-    if loaded.config.family == "timm":
-        cfg, state = inflate_timm_vit(loaded.model, loaded.config.timm_model, num_frames or 16)
-    else:
-        cfg, state = loaded.config, None
-        if num_frames is not None and num_frames != cfg.num_frames:
-            raise AnonfeatError(f"--clip-len {num_frames}: {cfg.name} takes clips of {cfg.num_frames} frames")
-    pruner = TubeletPruner(PrunerConfig(encoder=cfg, prune_blocks=prune_blocks, keep_rates=keep_rates, lam=lam,
-                                        actions=actions, attributes=attributes, privacy_loss=privacy_loss))
-    if state is None:
-        pruner.load_backbone(loaded)
-    else:
-        missing = [k for k in state if k not in pruner.state_dict()]
-        if missing:
-            raise AnonfeatError(f"{loaded.config.name}: cannot inflate ({', '.join(missing[:4])} have no place)")
+    backbone = family_of(loaded.config).to_backbone(loaded, num_frames)
+    pruner = TubeletPruner(PrunerConfig(encoder=backbone.config, prune_blocks=prune_blocks, keep_rates=keep_rates,
+                                        lam=lam, actions=actions, attributes=attributes, privacy_loss=privacy_loss))
+    state = _pruner_state(backbone)
+    missing = [k for k in state if k not in pruner.state_dict()]
+    if missing:
+        raise AnonfeatError(f"{loaded.config.name}: cannot start a pruner from it ({', '.join(missing[:4])} "
+                            "have no place)")
+    with torch.no_grad():
         pruner.load_state_dict(state, strict=False)
-    source = {"encoder": loaded.config.name, "checkpoint_sha256": loaded.checkpoint_sha256}
-    return pruner, source
+    return pruner, backbone_source(encoder, checkpoint, random_init, loaded)
+
+
+def backbone_source(name: str | None, checkpoint: str | Path | None, random_init: bool, loaded: nn.Module) -> dict:
+    """What the pruner file records about its frozen source encoder, enough for `prune` to rebuild it:
+    the name as given (None: inferred from the checkpoint), the resolved config name, the checkpoint
+    path and the sha256 of its weights (random weights: the seed they were drawn from)."""
+    from anonfeat.encoders import RANDOM_INIT_SEED
+
+    return {"encoder": loaded.config.name, "name": name,
+            "checkpoint": None if checkpoint is None else _checkpoint_reference(checkpoint),
+            "checkpoint_sha256": loaded.checkpoint_sha256, "random_init": bool(random_init and checkpoint is None),
+            "random_init_seed": RANDOM_INIT_SEED if random_init and checkpoint is None else None}
+
+
+def _checkpoint_reference(checkpoint: str | Path) -> str:
+    """An existing path is recorded absolute; a Hub id (`org/name[@rev]`) is recorded as given."""
+    if not Path(checkpoint).exists() and parse_hub_id(str(checkpoint)) is not None:
+        return str(checkpoint)
+    return str(Path(checkpoint).resolve())
+
+
+def load_source_encoder(backbone: dict, pruner_file: str | Path, checkpoint: str | Path | None = None,
+                        device: str | torch.device = "cpu") -> nn.Module:
+    """The frozen encoder a pruner was built from, as recorded in its file (`backbone_source`).
+
+    `checkpoint` overrides where the weights are found; either way their sha256 must be the recorded
+    one. Random-init sources are rebuilt from their seed. Pruner files written before the source was
+    recorded in full (name and sha256 only) still resolve random and bundled weights."""
+    from anonfeat.encoders import BUNDLED_WEIGHTS, RANDOM_INIT_SHA, load_encoder
+
+    pruner_file = Path(pruner_file).name
+    expected = str(backbone.get("checkpoint_sha256", ""))
+    resolved = str(backbone.get("encoder", ""))
+    registered = resolved in REGISTRY or resolved.startswith(TIMM_PREFIX)
+    name = backbone["name"] if "name" in backbone else (resolved if registered else None)
+    random_init = bool(backbone.get("random_init", expected == RANDOM_INIT_SHA))
+    if checkpoint is None and not random_init:
+        recorded = backbone.get("checkpoint")
+        bundled = name in BUNDLED_WEIGHTS and BUNDLED_WEIGHTS[name].is_file()
+        if recorded and (Path(recorded).exists() or parse_hub_id(str(recorded)) is not None):
+            checkpoint = recorded
+        elif not (bundled and recorded is None):
+            where = recorded or "a checkpoint the file does not name"
+            raise AnonfeatError(f"{pruner_file}: its source encoder {resolved} was loaded from {where} "
+                                f"(sha256 {expected}), which is not found; pass --checkpoint PATH to those weights")
+    if checkpoint is not None:
+        encoder = load_encoder(name, checkpoint, False, device)
+    else:
+        encoder = load_encoder(name, None, random_init, device)
+    if encoder.checkpoint_sha256 != expected:
+        given = checkpoint if checkpoint is not None else "the random-init weights"
+        raise AnonfeatError(f"{given}: weights have sha256 {encoder.checkpoint_sha256}, but pruner {pruner_file} "
+                            f"was built from sha256 {expected}; pass --checkpoint with the weights it was trained from")
+    return encoder

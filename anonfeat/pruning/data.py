@@ -14,7 +14,7 @@ from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError, VideoError
 from anonfeat.labels import Labels, match_videos
 from anonfeat.video.discover import VideoItem, find_videos
-from anonfeat.video.reader import FrameReader
+from anonfeat.video.decoders import CPU, DecoderBackend, open_video
 from anonfeat.video.sampling import Sampling, timeline
 from anonfeat.video.stream import to_clips
 
@@ -26,6 +26,7 @@ class LabelledVideos:
     """Videos paired with their labels: the action class and 0/1 attributes of each."""
 
     items: list[VideoItem]
+    videos: list[str]  # the label ids of the same videos (what the pruner file records as seen)
     actions: np.ndarray  # (n,) class index
     attributes: np.ndarray  # (n, k) float32
     action_classes: list[str]
@@ -37,24 +38,26 @@ class LabelledVideos:
         return len(self.items)
 
     def subset(self, index: np.ndarray) -> "LabelledVideos":
-        return LabelledVideos([self.items[i] for i in index], self.actions[index], self.attributes[index],
+        return LabelledVideos([self.items[i] for i in index], [self.videos[i] for i in index],
+                              self.actions[index], self.attributes[index],
                               self.action_classes, self.attribute_names, self.unmatched_labels,
                               self.unmatched_videos)
 
 
 def labelled_videos(source: str | Path, labels: Labels, task: str, attributes: list[str],
                     split: str = "train") -> LabelledVideos:
-    """The videos under `source` whose label row is in `split` (all rows when labels have no split)."""
+    """The videos under `source` whose label row is in `split` (labels without a split column carry the
+    derived one, see `anonfeat.labels.stratified_split`)."""
     items = find_videos(source)
     by_key = {item.key: item for item in items}
     match = match_videos(labels, list(by_key))
-    rows = [(i, key) for i, key in match.pairs if labels.split_generated or labels.split[i] == split]
+    rows = [(i, key) for i, key in match.pairs if labels.split[i] == split]
     if not rows:
         raise AnonfeatError(f"{source}: no video matches a {split!r} row of {labels.source} "
                             f"({match.unmatched_labels} label rows unmatched); check --labels")
     index = np.array([i for i, _ in rows])
     return LabelledVideos(
-        items=[by_key[key] for _, key in rows], actions=labels.task_targets(task)[index],
+        items=[by_key[key] for _, key in rows], videos=[labels.videos[i] for i, _ in rows], actions=labels.task_targets(task)[index],
         attributes=labels.attribute_matrix(attributes)[index].astype(np.float32),
         action_classes=labels.task_classes(task), attribute_names=list(attributes),
         unmatched_labels=match.unmatched_labels, unmatched_videos=match.unmatched_store)
@@ -64,13 +67,15 @@ class TrainingClips(Dataset):
     """Item i: video i's uint8 clip (T, s, s, 3) and labels, or None when it cannot be decoded.
 
     Randomness comes from (seed, epoch, i) alone, so a run is reproducible with any number of workers.
-    augment=False gives the centre clip, centre crop (validation).
+    augment=False gives the centre clip, centre crop (validation). `decoder` decodes the videos (the
+    CPU path for a video whose stream it cannot decode: the item's "fallback" is then True).
     """
 
     def __init__(self, videos: LabelledVideos, clip_len: int, frame_stride: int | None, input_size: int,
                  resize: str = "short", augment: bool = True, statics: bool = False, flip: bool = False,
-                 seed: int = 0, sample_fps: float | None = None):
+                 seed: int = 0, sample_fps: float | None = None, decoder: DecoderBackend = CPU):
         self.videos, self.clip_len = videos, clip_len
+        self.decoder = decoder
         # by frames (frame_stride, default 4) or by time (sample_fps): the clips extract and prune cut
         self.sampling = Sampling(clip_len, frame_stride, resize=resize, sample_fps=sample_fps)
         self.input_size, self.resize, self.augment = input_size, resize, augment
@@ -89,7 +94,7 @@ class TrainingClips(Dataset):
         decode = round(size * CROP_MARGIN) if self.augment else size
         reader = None
         try:
-            reader = FrameReader(self.videos.items[i].path, decode, self.resize, num_threads=1)
+            reader, fallback = open_video(self.decoder, self.videos.items[i].path, decode, self.resize, num_threads=1)
             n = reader.info.n_frames
             positions = timeline(n, self.sampling, reader.info.fps)
             last = max(len(positions) - self.sampling.span, 0)
@@ -112,7 +117,8 @@ class TrainingClips(Dataset):
             frames = frames[:, :, ::-1]
         clips = np.ascontiguousarray(frames[index])  # (1 or 3, T, s, s, 3)
         return {"clip": torch.from_numpy(clips[0]), "static": torch.from_numpy(clips[1:]),
-                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i])}
+                "action": int(self.videos.actions[i]), "attributes": torch.from_numpy(self.videos.attributes[i]),
+                "fallback": fallback}
 
 
 def collate(items: list[dict | None], clip_shape: tuple[int, ...], n_static: int, n_attributes: int) -> dict:
@@ -127,7 +133,8 @@ def collate(items: list[dict | None], clip_shape: tuple[int, ...], n_static: int
         static = torch.zeros((0, n_static, *clip_shape), dtype=torch.uint8)
         attributes = torch.zeros((0, n_attributes))
     return {"clip": clip, "static": static, "action": torch.tensor([g["action"] for g in good], dtype=torch.long),
-            "attributes": attributes, "failed": len(items) - len(good)}
+            "attributes": attributes, "failed": len(items) - len(good),
+            "fallbacks": sum(bool(g.get("fallback")) for g in good)}
 
 
 class GlobalBatches(torch.utils.data.Sampler):

@@ -28,6 +28,12 @@ class LoadedPruner:
     def config(self) -> PrunerConfig:
         return self.model.config
 
+    @property
+    def training_videos(self) -> tuple[str, ...] | None:
+        """Label ids of the videos it was trained on (None: a file written before they were recorded)."""
+        videos = self.info.get("training_videos")
+        return None if videos is None else tuple(str(v) for v in videos)
+
 
 def save_pruner(model: TubeletPruner, path: str | Path, info: dict) -> Path:
     meta = {"format": FORMAT, "pruner": model.config.to_dict(), **info}

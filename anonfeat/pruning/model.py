@@ -1,5 +1,5 @@
 """The tubelet pruner: a video ViT with an action CLS and a privacy CLS token that prunes
-tubelets inside chosen blocks (DESIGN.md section 2), built from the encoders' own layers."""
+tubelets inside chosen blocks (docs/method.md; arXiv 2603.26336), built from the encoders' own layers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from anonfeat.encoders.config import EncoderConfig
+from anonfeat.encoders.families import family_of
 from anonfeat.encoders.vit import Block, TubeletEmbed, sinusoid_position_table
 from anonfeat.errors import AnonfeatError
 from anonfeat.pruning.scoring import (NUM_CLS, default_prune_blocks, fuse_pruned, gather_tokens, keep_count,
@@ -38,7 +39,7 @@ class PrunerConfig:
 
     def __post_init__(self) -> None:
         depth = self.encoder.depth
-        if self.encoder.family != "videomae":
+        if not family_of(self.encoder).video_vit:
             raise AnonfeatError(f"{self.encoder.name}: a pruner needs a video ViT backbone (family videomae)")
         if not self.prune_blocks:
             object.__setattr__(self, "prune_blocks", default_prune_blocks(depth))

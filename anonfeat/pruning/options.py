@@ -5,23 +5,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import (ExtractOptions, check_declared, check_sampling, clip_len_option, comma_list,
-                              device_option, encoder_option, frame_stride_option, numbers, option, progress_option,
-                              random_init_option, resize_option, sample_fps_option, workers_option)
+from anonfeat.options import (CHECKPOINT_HELP, ExtractOptions, check_declared, check_sampling, clip_len_option,
+                              comma_list, decoder_option, device_option, encoder_option, frame_stride_option, numbers,
+                              option, progress_option, random_init_option, resize_option, sample_fps_option,
+                              split_seed_option, workers_option)
 
 PRIVACY_LOSSES = ("auto", "attributes", "ntxent")
+MASKED, ACTION_CLS = "masked", "action-cls"  # prune --features
+FEATURE_KINDS = (MASKED, ACTION_CLS)
+FILLS = ("black", "blur", "pixelate")  # prune --fill
 
 
 @dataclass
 class PrunerTrainOptions:
-    """Flags of `anonfeat train-pruner`; defaults are the ones the README's demo table measures."""
+    """Flags of `anonfeat train-pruner`; defaults and their meaning: docs/cli.md#train-pruner."""
 
     encoder: str | None = encoder_option()
-    checkpoint: str | None = option(None, "Official VideoMAE .pth, Hugging Face directory/.safetensors, or a plain "
-                                          "state dict.", "-c", cli_type=Optional[Path],
+    checkpoint: str | None = option(None, CHECKPOINT_HELP, "-c", cli_type=Optional[Path],
                                     parse=lambda p: None if p is None else str(p))
     random_init: bool = random_init_option()
     task: str = option("action", "Utility column the action CLS learns.")
@@ -52,8 +55,10 @@ class PrunerTrainOptions:
     flip: bool = option(False, "Mirror clips at random (not for left/right actions).", "--flip/--no-flip")
     workers: int = workers_option(2)
     val_fraction: float = 0.15
-    seed: int = option(0, "Seed of the split, the initialization and the clip choice.")
+    seed: int = option(0, "Seed of the validation part, the initialization and the clip choice.")
+    split_seed: int = split_seed_option()
     device: str = device_option()
+    decoder: str = decoder_option()
     progress: bool = progress_option()
     extra: dict = field(default_factory=dict)
 
@@ -74,18 +79,30 @@ class PrunerTrainOptions:
 
 @dataclass
 class PruneOptions(ExtractOptions):
-    """Extract's flags plus pruning's; with neither frame_stride nor sample_fps, clips are sampled as
-    the pruner was trained."""
+    """Extract's flags, with extract's defaults (pruned and extracted stores are sampled alike), plus
+    pruning's. `checkpoint`: where the source encoder's weights are (default: the path the pruner
+    file recorded); `encoder` and `random_init` are not used: the pruner file names its source.
+    `fill` and `lossless` shape the saved videos only, never the store (its clips are black-filled)."""
 
-    frame_stride: int | None = frame_stride_option("the pruner's training sampling")
+    checkpoint: str | Path | None = option(None, "Weights of the encoder the pruner was built from (default: the "
+                                                 "path recorded in the pruner file; sha256 checked).", "-c",
+                                           cli_type=Path)
     keep_ratio: float | None = option(None, "Keep rate for every pruning block (overrides the trained schedule; "
                                             "1.0 prunes nothing; the pruner checks the range).")
-    save_videos: str | Path | None = option(None, "Write anonymized mp4s here (dropped tubelets black, source "
-                                                  "resolution).", cli_type=Optional[Path])
+    features: str = option(MASKED, "masked: the source encoder's features of the clips with dropped tubelets black "
+                                   "(what the anonymized video gives); action-cls: the pruner's own action-CLS "
+                                   "features.", choices=FEATURE_KINDS)
+    save_videos: str | Path | None = option(None, "Write anonymized videos here as DIR/<relative path>.mp4 (H.264, "
+                                                  "source resolution, no audio).", cli_type=Optional[Path])
+    fill: str = option("black", "How dropped tubelets look in saved videos: black, blur or pixelate (pixels the "
+                                "model never saw stay black).", choices=FILLS)
+    lossless: bool = option(False, "Saved videos as lossless yuv444p H.264 (qp 0) instead of yuv420p CRF 18 (which "
+                                   "most players need).")
     save_heatmaps: str | Path | None = option(None, "Write score-map PNGs here.", cli_type=Optional[Path])
 
     def validate(self) -> None:
         super().validate()
         if self.sample_fps is not None and (self.save_videos is not None or self.save_heatmaps is not None):
+            # anonfeat.pruning.render maps tubelets to source frames by frame_stride * tubelet_size
             raise AnonfeatError("--save-videos and --save-heatmaps follow clips by frame stride: they are not "
                                 "available with --sample-fps yet; sample by --frame-stride to render videos")

@@ -1,22 +1,32 @@
 """`anonfeat prune`: pruned features of every video into a store (extract's pipeline and layout,
-plus pruning datasets), optionally anonymized videos and score heatmaps."""
+plus pruning datasets), optionally anonymized videos and score heatmaps.
+
+What is shared after pruning is the masked video, so by default (`features="masked"`) the store holds
+what a fresh look at that video gives: the frozen source encoder the pruner was built from, run on
+each clip with every tubelet dropped at the last pruning stage set to black (the paper's anonymized
+video, input * mask). `features="action-cls"` stores the pruner's own action-CLS features instead;
+those come from an adversarially fine-tuned model that saw the unmasked clip, so they measure the
+fine-tuning as much as the pruning.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from anonfeat.device import resolve_device
+from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
 from anonfeat.extract import FEATURES, ClipJob, ExtractResult, sampling_for, store_header, write_store
 from anonfeat.options import with_overrides
+from anonfeat.pruning.backbone import load_source_encoder
 from anonfeat.pruning.io import LoadedPruner, load_pruner
-from anonfeat.pruning.options import PruneOptions  # noqa: F401  (re-exported: the API's `anonfeat.PruneOptions`)
+from anonfeat.pruning.options import ACTION_CLS, MASKED, PruneOptions
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.store import StoreHeader, VideoRecord
+from anonfeat.video.decoders import select_decoder
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.sampling import Sampling
 
@@ -31,15 +41,60 @@ def scores_dataset(block: int) -> str:
     return f"pruning/scores_{block}"
 
 
+def tubelet_pixel_mask(kept: torch.Tensor, cfg: EncoderConfig) -> torch.Tensor:
+    """Kept tubelet positions (B, k) on the grid -> boolean (B, 1, T, s, s) mask of the clip's pixels,
+    built on `kept`'s device."""
+    t, h, w = cfg.grid
+    grid = torch.zeros((kept.shape[0], t * h * w), dtype=torch.bool, device=kept.device)
+    grid.scatter_(1, kept.long(), True)
+    grid = grid.view(-1, 1, t, h, w)
+    patch = cfg.patch_size
+    return grid.repeat_interleave(cfg.tubelet_size, 2).repeat_interleave(patch, 3).repeat_interleave(patch, 4)
+
+
+class MaskedClipEncoder:
+    """Normalized clips of the pruner's input + kept tubelets -> the source encoder's features of the
+    clips with every other tubelet black (pixel value 0, i.e. -mean/std once normalized), in the
+    encoder's own normalization."""
+
+    def __init__(self, encoder: torch.nn.Module, pruner_input: EncoderConfig):
+        source = encoder.config
+        if source.img_size != pruner_input.img_size:
+            raise AnonfeatError(f"source encoder {source.name} takes {source.img_size}px clips, the pruner "
+                                f"{pruner_input.img_size}px; pass the checkpoint the pruner was built from")
+        self.encoder, self.pruner_input = encoder, pruner_input
+        self.same_norm = tuple(source.mean) == tuple(pruner_input.mean) and tuple(source.std) == tuple(pruner_input.std)
+
+    def _stats(self, cfg: EncoderConfig, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(cfg.mean, device=like.device, dtype=like.dtype).view(1, 3, 1, 1, 1),
+                torch.tensor(cfg.std, device=like.device, dtype=like.dtype).view(1, 3, 1, 1, 1))
+
+    def __call__(self, clips: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+        if not self.same_norm:  # pixels in [0, 1], then the encoder's normalization
+            mean, std = self._stats(self.pruner_input, clips)
+            target_mean, target_std = self._stats(self.encoder.config, clips)
+            clips = (clips * std + mean - target_mean) / target_std
+        if kept is not None:
+            mean, std = self._stats(self.encoder.config, clips)
+            clips = torch.where(tubelet_pixel_mask(kept, self.pruner_input), clips, -mean / std)
+        return self.encoder(clips)
+
+
 def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Sampling,
-               options: PruneOptions) -> ClipJob:
+               options: PruneOptions, source: torch.nn.Module | None = None) -> ClipJob:
+    """One pruner forward per batch of clips; with `source` (the frozen encoder, features "masked")
+    one forward of it on the masked clips, which are built on the device."""
     model, cfg = loaded.model, loaded.config
     blocks = list(cfg.schedule(keep_ratio))
     store_dtype = getattr(torch, options.dtype)
+    masked = None if source is None else MaskedClipEncoder(source, cfg.encoder)
 
     def infer(clips: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model(clips, keep_ratio)
-        outputs = {FEATURES: out.action, POOLED: out.pooled.to(store_dtype)}
+        if masked is None:
+            outputs = {FEATURES: out.action, POOLED: out.pooled.to(store_dtype)}
+        else:  # the pruner's own features are not shared: only what it kept
+            outputs = {FEATURES: masked(clips, out.kept[-1] if out.kept else None)}
         for block, kept, scores in zip(blocks, out.kept, out.scores):
             outputs[kept_dataset(block)] = kept.to(torch.int32)
             outputs[scores_dataset(block)] = scores.half()
@@ -51,7 +106,8 @@ def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Samplin
         if options.save_videos is not None and blocks:
             target = Path(options.save_videos) / name.with_suffix(".mp4")
             write_anonymized_video(attrs["source"], target, int(attrs["n_frames"]), float(attrs["fps"]), sampling,
-                                   record.extras[kept_dataset(blocks[-1])], cfg.encoder)
+                                   record.extras[kept_dataset(blocks[-1])], cfg.encoder, fill=options.fill,
+                                   lossless=options.lossless)
         if options.save_heatmaps is not None and blocks:
             save_heatmaps(attrs["source"], Path(options.save_heatmaps) / name.with_suffix(""),
                           int(attrs["n_frames"]), sampling, [record.extras[kept_dataset(b)] for b in blocks],
@@ -61,15 +117,23 @@ def pruner_job(loaded: LoadedPruner, keep_ratio: float | None, sampling: Samplin
     return ClipJob(infer=infer, input=cfg.encoder, on_video=on_video if side_outputs else None, label="prune")
 
 
-def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_ratio: float | None) -> StoreHeader:
+def pruned_header(loaded: LoadedPruner, sampling: Sampling, dtype: str, keep_ratio: float | None,
+                  source: torch.nn.Module | None = None) -> StoreHeader:
+    """Masked stores (`source` given) carry the source encoder's name, config and weights' sha256, as
+    `extract` with that encoder writes them; action-CLS stores the pruner's config and file sha256.
+    `extra.pruner.features` says which."""
     cfg = loaded.config
     schedule = cfg.schedule(keep_ratio)
-    return store_header(
-        cfg.encoder, loaded.sha256, sampling, dtype, features="pruned",
-        extra={"pruner": {"file": loaded.path.name, "sha256": loaded.sha256,
-                          "prune_blocks": list(schedule), "keep_rates": list(schedule.values()),
-                          "kept_counts": cfg.kept_counts(keep_ratio), "lam": cfg.lam,
-                          "num_tubelets": cfg.encoder.num_tokens, "grid": list(cfg.encoder.grid)}})
+    pruner = {"file": loaded.path.name, "sha256": loaded.sha256, "features": ACTION_CLS if source is None else MASKED,
+              "prune_blocks": list(schedule), "keep_rates": list(schedule.values()),
+              "kept_counts": cfg.kept_counts(keep_ratio), "lam": cfg.lam,
+              "num_tubelets": cfg.encoder.num_tokens, "grid": list(cfg.encoder.grid)}
+    seen = loaded.training_videos  # the audit refuses to test on these
+    if source is None:
+        return store_header(cfg.encoder, loaded.sha256, sampling, dtype, features="pruned",
+                            anonymizer_videos=seen, extra={"pruner": pruner})
+    return store_header(source.config, source.checkpoint_sha256, sampling, dtype, features="pruned",
+                        anonymizer_videos=seen, extra={"pruner": pruner})
 
 
 def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path | LoadedPruner,
@@ -77,26 +141,23 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     """Prune every video under `source` into the store `out` (re-runs resume, bad videos are recorded).
     `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
     options = with_overrides(options, PruneOptions, overrides)
+    options.validate()
     device = resolve_device(options.device)
+    decoder = select_decoder(options.decoder, device)  # refused here, before the pruner is loaded
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)
     loaded.model.to(device)
-    options.validate()
-    trained = loaded.info.get("sampling", {})
-    if options.frame_stride is None and options.sample_fps is None:  # sample as the pruner was trained
-        if trained.get("sample_fps") is not None:
-            options.sample_fps = float(trained["sample_fps"])
-        else:
-            options.frame_stride = int(trained.get("frame_stride") or 4)
-    options.validate()
     cfg = loaded.config
     if options.clip_len not in (None, cfg.encoder.clip_len):
         raise AnonfeatError(f"--clip-len {options.clip_len}: pruner {loaded.path.name} takes clips of "
                             f"{cfg.encoder.clip_len} frames")
     cfg.schedule(options.keep_ratio)  # validates --keep-ratio
+    encoder = None
+    if options.features == MASKED:
+        encoder = load_source_encoder(loaded.info.get("backbone", {}), loaded.path, options.checkpoint, device)
     sampling = sampling_for(options, cfg.encoder.clip_len)
-    header = pruned_header(loaded, sampling, options.dtype, options.keep_ratio)
-    return write_store(source, out, header, sampling, pruner_job(loaded, options.keep_ratio, sampling, options),
-                       options, device)
+    header = pruned_header(loaded, sampling, options.dtype, options.keep_ratio, encoder)
+    job = pruner_job(loaded, options.keep_ratio, sampling, options, encoder)
+    return write_store(source, out, header, sampling, job, options, device, decoder)
 
 
 def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str | Path,
@@ -107,6 +168,7 @@ def prune_sharded(source: str | Path | Iterable[VideoItem], out: str | Path, pru
     from anonfeat import distributed
 
     options = with_overrides(options, PruneOptions, overrides)
+    select_decoder(options.decoder, resolve_device(options.device))  # --decoder refused before any work
     loaded: dict[str, LoadedPruner] = {}
 
     def run(items: list, path: Path, opts: PruneOptions) -> ExtractResult:

@@ -1,4 +1,4 @@
-"""Tubelet scoring and selection: pure functions of attention maps (DESIGN.md section 2).
+"""Tubelet scoring and selection: pure functions of attention maps (docs/method.md#scoring-and-selection).
 
 Token layout inside a pruner: [action CLS, privacy CLS, tubelet_1 .. tubelet_n, (fused)].
 """

@@ -1,4 +1,4 @@
-"""Training a tubelet pruner on decoded clips (DESIGN.md section 2).
+"""Training a tubelet pruner on decoded clips (docs/method.md#losses-and-training).
 
 Loss: cross-entropy of the action head on the action CLS, and a privacy loss on the privacy CLS:
 BCE on attribute labels, or (without attributes) NT-Xent between two static clips of each video.
@@ -33,6 +33,7 @@ from anonfeat.pruning.io import save_pruner
 from anonfeat.pruning.model import TubeletPruner
 from anonfeat.pruning.options import PrunerTrainOptions
 from anonfeat.training import EpochProgress, seed_everything, split_validation, warmup_cosine
+from anonfeat.video.decoders import DecoderBackend, select_decoder
 from anonfeat.video.sampling import Sampling
 
 
@@ -44,6 +45,7 @@ class PrunerTrainReport:
     unmatched_labels: int
     unmatched_videos: int
     failed_videos: int
+    decoder_fallbacks: int = 0  # clips decoded on the CPU because --decoder could not decode their video
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
 
@@ -152,28 +154,33 @@ def add_branch_gradients(pruner: TubeletPruner, branch: list[torch.nn.Parameter]
 
 
 def training_sampling(clip_len: int, options: PrunerTrainOptions) -> dict:
-    """The sampling recorded in the pruner file, which `prune` repeats unless told otherwise."""
+    """The sampling recorded in the pruner file (a record: `prune` samples as `extract` does, by its own
+    flags, so pruned and extracted stores line up)."""
     sampling = Sampling(clip_len, options.frame_stride, resize=options.resize, sample_fps=options.sample_fps)
     return {k: v for k, v in sampling.to_dict().items() if k in ("clip_len", "frame_stride", "sample_fps", "resize")}
 
 
 def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrainOptions,
-               device: torch.device | None = None) -> tuple[PrunerTrainer, list[dict], int]:
-    """Train; returns the trainer, the per-epoch history and how many clips failed to decode."""
+               device: torch.device | None = None,
+               decoder: DecoderBackend | None = None) -> tuple[PrunerTrainer, list[dict], int, int]:
+    """Train; returns the trainer, the per-epoch history, how many clips failed to decode and how
+    many the CPU path decoded because `decoder` (default: options.decoder) could not."""
     device = device or resolve_device(options.device)
+    decoder = decoder or select_decoder(options.decoder, device)
     seed_everything(options.seed)
     trainer = PrunerTrainer(pruner, options, device)
     cfg = pruner.config
     enc = cfg.encoder
     n_static = 2 if cfg.privacy_loss == "ntxent" else 0
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize,
-                            sample_fps=options.sample_fps, augment=True, statics=n_static > 0, flip=options.flip, seed=options.seed)
+                            sample_fps=options.sample_fps, augment=True, statics=n_static > 0, flip=options.flip,
+                            seed=options.seed, decoder=decoder)
     sampler = GlobalBatches(len(dataset), options.batch_size, options.seed)
     gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=n_static,
                      n_attributes=videos.attributes.shape[1])
     total = options.epochs * len(sampler)
     scheduler = warmup_cosine(trainer.optimizer, options.warmup_epochs * len(sampler), total)
-    history, failed, step = [], 0, 0
+    history, failed, fallbacks, step = [], 0, 0, 0
     ctx = distributed.current()
     with EpochProgress("train-pruner", options.epochs, options.progress and ctx.is_main) as bar:
         for epoch in range(options.epochs):
@@ -183,11 +190,13 @@ def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTra
                                 collate_fn=gather, pin_memory=device.type == "cuda")
             sums, batches = {}, 0
             for batch in loader:
-                counts = [(len(batch["action"]), batch["failed"])]  # (rows, clips that failed) per rank
+                # (rows, clips that failed, clips decoded by the CPU fallback) per rank
+                counts = [(len(batch["action"]), batch["failed"], batch["fallbacks"])]
                 if ctx.enabled:
                     counts = distributed.all_gather_objects(counts[0])
-                sizes = [int(rows) for rows, _ in counts]
-                failed += sum(lost for _, lost in counts)
+                sizes = [int(rows) for rows, _, _ in counts]
+                failed += sum(lost for _, lost, _ in counts)
+                fallbacks += sum(cpu for _, _, cpu in counts)
                 if sum(sizes) >= 2:  # every rank takes the same decision: collectives stay in step
                     for name, value in trainer.step(batch, sizes, step / total).items():
                         sums[name] = sums.get(name, 0.0) + value
@@ -199,7 +208,7 @@ def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTra
             history.append(record)
             bar.update(record)
     pruner.eval()
-    return trainer, history, failed
+    return trainer, history, failed, fallbacks
 
 
 @torch.no_grad()
@@ -212,7 +221,7 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
     device = next(pruner.parameters()).device
     enc = pruner.config.encoder
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize,
-                            sample_fps=options.sample_fps, augment=False)
+                            sample_fps=options.sample_fps, augment=False, decoder=select_decoder(options.decoder, device))
     gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=0,
                      n_attributes=videos.attributes.shape[1])
     loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=min(options.workers, len(dataset)),
@@ -238,12 +247,17 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
 
 def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
                  options: PrunerTrainOptions | None = None, **overrides) -> PrunerTrainReport:
-    """`anonfeat train-pruner`: fit on the train split of `labels`, write the pruner to `out`."""
+    """`anonfeat train-pruner`: fit on the train split of `labels`, write the pruner to `out`.
+
+    Only label rows of the train split are read (labels without a split column get the derived one,
+    seeded by `options.split_seed`); the validation part is carved out of them. The file records the
+    label ids of every video read (`training_videos`)."""
     options = with_overrides(options, PrunerTrainOptions, overrides)
     options.validate()
     ctx = distributed.init_from_env(options.device)  # torchrun: DistributedDataParallel over the ranks
-    label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes, seed=options.seed,
-                            require_attributes=False)
+    decoder = select_decoder(options.decoder, ctx.device)  # refused here, before any work
+    label_set = load_labels(labels, tasks=(options.task,), attributes=options.attributes,
+                            split_seed=options.split_seed, require_attributes=False)
     attributes = label_set.attribute_names
     privacy_loss = options.privacy_loss
     if privacy_loss == "auto":
@@ -258,10 +272,10 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
         options.encoder, options.checkpoint, options.random_init, actions=tuple(videos.action_classes),
         attributes=tuple(attributes), privacy_loss=privacy_loss, prune_blocks=tuple(options.prune_blocks),
         keep_rates=tuple(options.keep_rates), lam=options.lam, num_frames=options.clip_len)
-    trainer, history, failed = fit_pruner(pruner, fit, options, ctx.device)
+    trainer, history, failed, fallbacks = fit_pruner(pruner, fit, options, ctx.device, decoder)
     report = PrunerTrainReport(pruner=Path(out), train_videos=len(fit), val_videos=0 if val is None else len(val),
                                unmatched_labels=videos.unmatched_labels, unmatched_videos=videos.unmatched_videos,
-                               failed_videos=failed, history=history)
+                               failed_videos=failed, decoder_fallbacks=fallbacks, history=history)
     if not ctx.is_main:  # rank 0 alone evaluates and writes the pruner
         return report
     metrics = {}
@@ -271,7 +285,8 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
     info = {
         "backbone": backbone,
         "sampling": training_sampling(pruner.config.encoder.clip_len, options),
-        "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device", "extra")},
+        "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device", "decoder", "extra")},
+        "training_videos": list(videos.videos),
         "metrics": metrics,
         "final_losses": history[-1] if history else {},
         "history": history,

@@ -4,14 +4,17 @@ Frames are scaled by the decoder itself (short side to the input size, or the wh
 for resize="full"); cropping and normalization happen later on the compute device. Memory is
 bounded by one chunk of clips, never the whole video.
 
-decord probes the video (frame count, fps, decoded size, errors); the frames themselves come from
-PyAV through the same FFmpeg filter (`scale=W:H:flags=bilinear,format=rgb24`, which is what decord
-runs: the pixels are identical), decoding forward and seeking only backwards or over a keyframe.
-decord's own reader is not used for decoding because it reads packets ahead without a bound: its
-reading loop pushes packets while the decoder thread has no frame ready yet, so at the start of a
-video (and after each seek) it can queue most of the compressed file in memory (measured: +160 to
-+200 MB for the first 150 frames of a 190 MB file, +12 MB for a 3 MB one). decord remains the
-fallback for what the PyAV path does not handle (rotated videos, frames without timestamps).
+PyAV does everything: probing (frame count from the packet index, average fps, frame size from the
+stream headers) and decoding through FFmpeg's filter `scale=W:H:flags=bilinear,format=rgb24`,
+decoding forward and seeking only backwards or over a keyframe.
+
+decord is optional (`pip install 'anonfeat[decord]'`, x86-64 wheels only): when it is installed it
+decodes the streams the PyAV path refuses (frames without timestamps). It is never used for
+probing, so a video the PyAV path serves gives the same frames, hence the same features, with or
+without decord. decord's own reader is not the main path because it reads packets ahead without a
+bound: its reading loop pushes packets while the decoder thread has no frame ready yet, so at the
+start of a video (and after each seek) it can queue most of the compressed file in memory
+(measured: +160 to +200 MB for the first 150 frames of a 190 MB file, +12 MB for a 3 MB one).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from anonfeat.errors import VideoError
+from anonfeat.video.resize import PilResize
 
 # Frames above this many pixels are refused before any frame is decoded (one decoded 8192x8192
 # frame is 200 MB; a hostile header can claim far more). ANONFEAT_MAX_PIXELS overrides it.
@@ -45,7 +49,7 @@ def max_pixels() -> int:
 
 def probe_stream(path: Path) -> tuple[int, int] | None:
     """(height, width) of the first video stream from the container headers, no frame decoded;
-    None when PyAV cannot read the container (decord then reports why)."""
+    None when PyAV cannot read the container (opening the video then reports why)."""
     try:
         import av
     except ImportError:  # pragma: no cover - av is a dependency
@@ -60,7 +64,7 @@ def probe_stream(path: Path) -> tuple[int, int] | None:
             return int(ctx.height or 0), int(ctx.width or 0)
     except VideoError:
         raise
-    except Exception:  # noqa: BLE001 - unreadable containers are diagnosed by decord below
+    except Exception:  # noqa: BLE001 - unreadable containers are diagnosed when the video is opened
         return None
 
 
@@ -89,9 +93,13 @@ def decode_size(height: int, width: int, input_size: int, resize: str) -> tuple[
 
 
 class FrameReader:
-    """Random access to a video's frames (PyAV, decord as fallback), with a cache of the last chunk's frames."""
+    """Random access to a video's frames (PyAV; decord, when installed, for streams PyAV refuses),
+    with a cache of the last chunk's frames."""
 
-    def __init__(self, path: str | Path, input_size: int, resize: str = "short", num_threads: int = 0):
+    def __init__(self, path: str | Path, input_size: int, resize: str = "short", num_threads: int = 0,
+                 frame_resize: PilResize | None = None):
+        """frame_resize: resize each frame as torchvision does (timm encoders) instead of the
+        decoder's own scaling; frames are then decoded at full size and resized one at a time."""
         self.path = Path(path)
         if not self.path.is_file():
             if self.path.is_symlink():
@@ -101,8 +109,36 @@ class FrameReader:
             raise VideoError("empty file (0 bytes)")
         size = probe_stream(self.path)
         if size is not None:
-            _check_size(self.path, *size)  # before decord decodes a first frame at full size
+            _check_size(self.path, *size)  # before any frame is decoded at full size
+        self._num_threads = num_threads
+        self._frame_resize = frame_resize
+        self._reader = None  # decord, only when the PyAV path cannot serve this video
+        self._sequential: SequentialDecoder | None = None
+        try:
+            self._sequential = SequentialDecoder(self.path, num_threads, frame_resize)
+            info = self._sequential.info
+        except VideoError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - av raises many kinds; decord may still decode it
+            info = self._probe_decord(exc)
+        if info.n_frames < 1:
+            self.close()
+            raise VideoError("no video frames")
+        _check_size(self.path, info.height, info.width)
+        self.info = info
+        self._out_h, self._out_w = ((info.height, info.width) if frame_resize
+                                    else decode_size(info.height, info.width, input_size, resize))
+        if self._sequential is not None:
+            self._sequential.set_output_size(self._out_h, self._out_w)
+        else:
+            self._open_decord()
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _probe_decord(self, pyav_error: BaseException) -> VideoInfo:
+        """VideoInfo from decord for a stream the PyAV path refused; without decord, the PyAV error."""
         decord = _import_decord()
+        if decord is None:
+            raise VideoError(f"cannot decode: {_first_line(pyav_error)}{_DECORD_HINT}") from None
         try:
             with _native_stderr_silenced():
                 probe = decord.VideoReader(str(self.path), num_threads=1)
@@ -110,34 +146,19 @@ class FrameReader:
             if n_frames < 1:
                 raise VideoError("no video frames")
             height, width = probe[0].shape[:2]
-            fps = float(probe.get_avg_fps())
-            del probe
+            return VideoInfo(n_frames=n_frames, fps=float(probe.get_avg_fps()), height=height, width=width)
         except VideoError:
             raise
         except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
             raise VideoError(f"cannot decode: {_first_line(exc)}") from None
-        _check_size(self.path, height, width)
-        self.info = VideoInfo(n_frames=n_frames, fps=fps, height=height, width=width)
-        self._out_h, self._out_w = decode_size(height, width, input_size, resize)
-        self._num_threads = num_threads
-        self._reader = None  # decord, only when the PyAV path cannot serve this video
-        self._sequential: SequentialDecoder | None = None
-        try:
-            sequential = SequentialDecoder(self.path, self._out_h, self._out_w, num_threads)
-            if len(sequential) == n_frames:
-                self._sequential = sequential
-            else:
-                sequential.close()
-        except Exception:  # noqa: BLE001 - decord below decodes what PyAV cannot
-            self._sequential = None
-        if self._sequential is None:
-            self._open_decord()
-        self._cache: dict[int, np.ndarray] = {}
 
     def _open_decord(self) -> None:
+        decord = _import_decord()
+        if decord is None:
+            raise VideoError(f"cannot decode this stream with PyAV{_DECORD_HINT}")
         try:
-            self._reader = _import_decord().VideoReader(str(self.path), width=self._out_w, height=self._out_h,
-                                                        num_threads=self._num_threads)
+            self._reader = decord.VideoReader(str(self.path), width=self._out_w, height=self._out_h,
+                                              num_threads=self._num_threads)
         except Exception as exc:
             raise VideoError(f"cannot decode: {_first_line(exc)}") from None
 
@@ -146,11 +167,16 @@ class FrameReader:
         if self._sequential is not None:
             try:
                 return self._sequential.get(indices)
-            except Exception:  # noqa: BLE001 - e.g. a rotated stream or a frame without a timestamp
+            except Exception as exc:  # noqa: BLE001 - e.g. a rotated stream or a frame without a timestamp
                 self._sequential.close()
                 self._sequential = None
+                if _import_decord() is None:
+                    raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}"
+                                     f"{_DECORD_HINT}") from None
                 self._open_decord()
         try:
+            if self._frame_resize is not None:  # full-size frames: one at a time
+                return np.stack([self._frame_resize(self._reader.get_batch([i]).asnumpy()[0]) for i in indices])
             return self._reader.get_batch(indices).asnumpy()
         except Exception as exc:
             raise VideoError(f"decoding failed near frame {indices[0]}: {_first_line(exc)}") from None
@@ -190,7 +216,7 @@ class SequentialDecoder:
 
     SEEK_GAP = 32
 
-    def __init__(self, path: Path, out_h: int, out_w: int, num_threads: int = 0):
+    def __init__(self, path: Path, num_threads: int = 0, frame_resize: PilResize | None = None):
         import av
 
         self._container = av.open(str(path), metadata_errors="ignore")
@@ -215,8 +241,13 @@ class SequentialDecoder:
             ctx = stream.codec_context
             ctx.thread_count = 1
             ctx.thread_type = "SLICE"
+            if not (ctx.height and ctx.width):
+                raise ValueError("the stream headers give no frame size")
             self._stream = stream
-            self._size = (out_w, out_h)
+            self.info = VideoInfo(n_frames=len(self._pts), fps=_average_fps(stream),
+                                  height=int(ctx.height or 0), width=int(ctx.width or 0))
+            self._size = (self.info.width, self.info.height)  # until set_output_size
+            self._frame_resize = frame_resize
             self._graph = None
             self._frames = None  # the decoding iterator
             self._next = 0  # index of the next frame the iterator will yield
@@ -226,6 +257,11 @@ class SequentialDecoder:
 
     def __len__(self) -> int:
         return len(self._pts)
+
+    def set_output_size(self, out_h: int, out_w: int) -> None:
+        """Scale decoded frames to (out_h, out_w) from now on."""
+        self._size = (out_w, out_h)
+        self._graph = None
 
     def close(self) -> None:
         self._frames = None
@@ -275,23 +311,38 @@ class SequentialDecoder:
                     raise ValueError("a decoded frame without a known timestamp")
                 self._next = index + 1
                 if index == target:
-                    out.append(self._scale(frame))
+                    image = self._scale(frame)
+                    out.append(image if self._frame_resize is None else self._frame_resize(image))
                     break
                 if index > target:
                     raise ValueError(f"frame {target} was skipped")
         return np.stack(out)
 
 
+def _average_fps(stream) -> float:
+    """The stream's average frame rate (FFmpeg's avg_frame_rate, the figure decord reports), else
+    its guessed rate, else 0."""
+    for rate in (stream.average_rate, getattr(stream, "guessed_rate", None)):
+        if rate:
+            return float(rate)
+    return 0.0
+
+
+_DECORD_HINT = ("; installing decord (pip install 'anonfeat[decord]', x86-64 only) "
+                "lets anonfeat decode such streams")
 _decord = None
 
 
 def _import_decord():
-    """decord, with FFmpeg's console chatter about broken files silenced (we report them ourselves)."""
+    """decord when it is installed (None otherwise), with FFmpeg's console chatter about broken
+    files silenced (we report them ourselves)."""
     global _decord
     if _decord is None:
-        import decord
-        import decord.logging
-
+        try:
+            import decord
+            import decord.logging
+        except ImportError:
+            return None
         decord.logging.set_level(decord.logging.QUIET)
         _decord = decord
     return _decord

@@ -18,7 +18,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from anonfeat.errors import VideoError
 from anonfeat.killpoints import kill_point
 from anonfeat.video.discover import VideoItem
-from anonfeat.video.reader import FrameReader, _first_line
+from anonfeat.video.decoders import CPU, DecoderBackend, open_video
+from anonfeat.video.reader import _first_line
+from anonfeat.video.resize import PilResize
 from anonfeat.video.sampling import Sampling, clip_frame_indices, clip_times, static_frame_indices
 
 CLIP, STATIC = "clip", "static"
@@ -34,6 +36,7 @@ class VideoStart:
     static_frames: np.ndarray  # (n_static,)
     attrs: dict = field(default_factory=dict)
     clip_times: np.ndarray | None = None  # (n_clips, 2) seconds: when the first and last frame are shown
+    fallback: bool = False  # decoded by the CPU path because the run's decoder refused its stream
 
 
 @dataclass
@@ -60,11 +63,13 @@ Message = VideoStart | ClipChunk | VideoFailed
 
 
 def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips: int,
-               num_threads: int = 0) -> Iterator[Message]:
+               num_threads: int = 0, decoder: DecoderBackend = CPU,
+               frame_resize: PilResize | None = None) -> Iterator[Message]:
     """All messages for one video; failures become a final VideoFailed instead of raising."""
     reader = None
     try:
-        reader = FrameReader(item.path, input_size, sampling.resize, num_threads=num_threads)
+        reader, fallback = open_video(decoder, item.path, input_size, sampling.resize, num_threads,
+                                      frame_resize)
         info = reader.info
         clips = clip_frame_indices(info.n_frames, sampling, info.fps)
         statics = static_frame_indices(info.n_frames, sampling.static_clips)
@@ -74,6 +79,7 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
             clip_ranges=ranges, clip_times=clip_times(ranges, info.fps), static_frames=statics,
             attrs={"fps": info.fps, "n_frames": info.n_frames, "height": info.height,
                    "width": info.width, "source": str(item.path)},
+            fallback=fallback,
         )
         for start in range(0, len(clips), chunk_clips):
             kill_point("decode")
@@ -96,8 +102,11 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
 class VideoClipStream(IterableDataset):
     """Messages for many videos; each DataLoader worker takes every n-th video."""
 
-    def __init__(self, videos: Sequence[VideoItem], sampling: Sampling, input_size: int, chunk_clips: int):
+    def __init__(self, videos: Sequence[VideoItem], sampling: Sampling, input_size: int, chunk_clips: int,
+                 decoder: DecoderBackend = CPU, frame_resize: PilResize | None = None):
         super().__init__()
+        self.decoder = decoder
+        self.frame_resize = frame_resize
         self.videos = list(videos)
         self.sampling = sampling
         self.input_size = input_size
@@ -108,7 +117,8 @@ class VideoClipStream(IterableDataset):
         videos = self.videos if worker is None else self.videos[worker.id::worker.num_workers]
         threads = 0 if worker is None else 1  # one decode thread per worker: workers are the parallelism
         for item in videos:
-            yield from iter_video(item, self.sampling, self.input_size, self.chunk_clips, threads)
+            yield from iter_video(item, self.sampling, self.input_size, self.chunk_clips, threads, self.decoder,
+                                  self.frame_resize)
 
 
 def to_clips(frames: torch.Tensor, index: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor,
