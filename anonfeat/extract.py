@@ -26,7 +26,7 @@ from anonfeat.encoders import family_of, frame_resize
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError, first_line
 from anonfeat.heap import HeapTrimmer
-from anonfeat.options import with_overrides
+from anonfeat.options import ExtractOptions, with_overrides
 from anonfeat.paths import check_outputs
 from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
@@ -74,29 +74,6 @@ def encoder_job(encoder: nn.Module, transform: FeatureTransform | None = None, c
 
 
 @dataclass
-class ExtractOptions:
-    """Everything `anonfeat extract` takes besides the input and the output."""
-
-    encoder: str | None = None
-    checkpoint: str | Path | None = None
-    random_init: bool = False
-    clip_len: int | None = None
-    frame_stride: int = 4
-    clip_stride: int | None = None
-    num_clips: int | None = None
-    static_clips: int = 0
-    resize: str = "short"
-    batch_size: int = 16
-    workers: int = 1
-    device: str = "auto"
-    dtype: str = "float16"
-    compression: str | None = None
-    progress: bool = True
-    compile: bool | None = None  # torch.compile the encoder; None: on CUDA only (see device.use_compile)
-    decoder: str = "auto"  # auto, cpu or gpu (anonfeat.video.decoders)
-
-
-@dataclass
 class ExtractResult:
     store: Path
     total: int
@@ -117,6 +94,14 @@ class ExtractResult:
     @property
     def exit_code(self) -> int:
         return 3 if self.failed or self.warnings else 0
+
+    def to_json(self) -> dict:
+        """The summary `extract --json` and `prune --json` write (schema in docs/cli.md)."""
+        return {"store": str(self.store), "total": self.total, "written": list(self.written),
+                "skipped": list(self.skipped), "failed": dict(self.failed), "clips": self.clips,
+                "seconds": round(self.seconds, 3), "decode_wait_s": round(self.decode_wait_s, 3),
+                "device_wait_s": round(self.device_wait_s, 3), "warnings": list(self.warnings),
+                "exit_code": self.exit_code}
 
 
 # -- assembling features per video -------------------------------------------------------------
@@ -234,9 +219,10 @@ class StoreWriter:
 
 # -- the run -----------------------------------------------------------------------------------
 def sampling_for(options: ExtractOptions, clip_len_default: int) -> Sampling:
+    """The clip sampling of `options`: by time with sample_fps, else by frames (frame_stride, default 4)."""
     return Sampling(clip_len=options.clip_len or clip_len_default, frame_stride=options.frame_stride,
                     clip_stride=options.clip_stride, num_clips=options.num_clips,
-                    static_clips=options.static_clips, resize=options.resize)
+                    static_clips=options.static_clips, resize=options.resize, sample_fps=options.sample_fps)
 
 
 def store_header(cfg: EncoderConfig, checkpoint_sha256: str, sampling: Sampling, dtype: str,
@@ -256,17 +242,6 @@ def check_clip_len(clip_len: int | None, cfg: EncoderConfig) -> None:
                             "frames; leave --clip-len out (use --frame-stride to span more time)")
 
 
-def check_options(options: ExtractOptions) -> None:
-    if options.dtype not in ("float16", "float32"):
-        raise AnonfeatError(f"--dtype {options.dtype!r}: choose float16 or float32")
-    if options.batch_size < 1:
-        raise AnonfeatError("--batch-size must be at least 1")
-    if options.workers < 0:
-        raise AnonfeatError("--workers must be 0 (decode in the main process) or more")
-    if options.compression not in (None, "gzip", "lzf"):
-        raise AnonfeatError(f"--compression {options.compression!r}: choose gzip, lzf or none")
-
-
 def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: ExtractOptions | None = None,
             encoder: nn.Module | None = None, transform: TransformMaker | None = None, **overrides) -> ExtractResult:
     """Extract features of every video under `source` (folder, list file, or VideoItems) into `out`.
@@ -278,7 +253,7 @@ def extract(source: str | Path | Iterable[VideoItem], out: str | Path, options: 
     options = with_overrides(options, ExtractOptions, overrides)
     check_outputs({"--out": out}, {"VIDEOS": source if isinstance(source, (str, Path)) else None,
                                    "--checkpoint": options.checkpoint, **transform_inputs(transform)})
-    check_options(options)
+    options.validate()
     device = resolve_device(options.device)
     decoder = select_decoder(options.decoder, device)  # refused here, before any model is loaded
     if encoder is None:
@@ -377,7 +352,7 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             progress.advance(key, failed=True)
             return
         writer.write(VideoRecord(
-            key=key, clip_features=clip_feats.numpy(), clip_ranges=start.clip_ranges,
+            key=key, clip_features=clip_feats.numpy(), clip_ranges=start.clip_ranges, clip_times=start.clip_times,
             static_features=None if static_feats is None else static_feats.numpy(),
             static_frames=start.static_frames if static_feats is not None else None, attrs=start.attrs,
             extras={name: value.numpy() for name, value in clip_parts.items() if name != FEATURES}))

@@ -10,6 +10,9 @@ Layout (readable with plain h5py, see docs/store-format.md):
     /videos/<rel/path>    group per video, keyed by its path relative to the input folder
         clip_features     (n_clips, dim) float16|float32
         clip_ranges       (n_clips, 2) int64: [first, last] source frame index of each clip
+        clip_times        (n_clips, 2) float64: [start, end] seconds, when those two frames are shown
+                          (frame index / fps; NaN when the frame rate is unknown). Stores written
+                          before it existed lack it: `FeatureStore.clip_times` then computes it.
         static_features   (n_static, dim)   (when extracted with --static-clips N, N > 0)
         static_frames     (n_static,) int64 source frame index of each static clip
         ...               other per-clip datasets of pruned stores (pooled_features, pruning/kept_<b>, ...)
@@ -19,7 +22,7 @@ Layout (readable with plain h5py, see docs/store-format.md):
 Write protocol, per video (`write_video`): check the disk and file-size limit leave room (else
 OSError before anything is written); delete a group left by an interrupted run and flush (its space
 is then never reused while the file on disk still points to it); write the datasets and attributes;
-set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
+flush; set `complete`; flush. Readers list only complete videos; a re-run deletes and redoes incomplete
 ones. What this survives is tested with SIGKILL at each step (docs/guarantees.md).
 """
 
@@ -44,6 +47,7 @@ from anonfeat import hooks
 from anonfeat._version import __version__
 from anonfeat.errors import AnonfeatError, first_line
 from anonfeat.video.discover import key_problem
+from anonfeat.video.sampling import clip_times as times_of_ranges
 
 FORMAT_VERSION = 1
 VIDEOS = "videos"
@@ -137,6 +141,7 @@ class VideoRecord:
     static_frames: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # other per-clip datasets (e.g. pruning/...)
+    clip_times: np.ndarray | None = None  # (n_clips, 2) seconds; None: not recorded (older stores)
 
 
 def _h5_path(group: str, key: str) -> str:
@@ -300,6 +305,14 @@ class FeatureStore:
     def clip_ranges(self, key: str) -> np.ndarray:
         return self._group(key)["clip_ranges"][()]
 
+    def clip_times(self, key: str) -> np.ndarray:
+        """(n_clips, 2) seconds [start, end] of each clip; for stores written before `clip_times`
+        was recorded, computed the same way from clip_ranges and the video's fps."""
+        group = self._group(key)
+        if "clip_times" in group:
+            return group["clip_times"][()]
+        return times_of_ranges(group["clip_ranges"][()], _plain(group.attrs.get("fps")))
+
     def static_features(self, key: str) -> np.ndarray | None:
         group = self._group(key)
         return self._features(key, group, "static_features").astype(np.float32) if "static_features" in group else None
@@ -336,6 +349,7 @@ class FeatureStore:
             key=key,
             clip_features=self._features(key, group, "clip_features"),
             clip_ranges=group["clip_ranges"][()],
+            clip_times=group["clip_times"][()] if "clip_times" in group else None,
             static_features=self._features(key, group, "static_features") if "static_features" in group else None,
             static_frames=group["static_frames"][()] if "static_frames" in group else None,
             attrs={k: _plain(v) for k, v in group.attrs.items() if k != "complete"},
@@ -373,7 +387,7 @@ class FeatureStore:
                                     "of it was written: check the model file, or use --dtype float32")
         data_bytes = sum(np.asarray(a).size for a in (record.clip_features, record.static_features) if a is not None)
         extra_bytes = sum(np.asarray(a).nbytes for a in record.extras.values())
-        self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + extra_bytes + 16 * len(record.clip_ranges),
+        self.check_space(data_bytes * np.dtype(self.header.dtype).itemsize + extra_bytes + 32 * len(record.clip_ranges),
                          f"video {record.key}")
         path = _h5_path(VIDEOS, record.key)
         if path in self._file:  # left incomplete by a crash, or redone: drop it, and let the file
@@ -384,6 +398,8 @@ class FeatureStore:
         group.create_dataset("clip_features", data=np.asarray(record.clip_features, dtype=dtype), **opts)
         hooks.fire("write-datasets", record.key)
         group.create_dataset("clip_ranges", data=np.asarray(record.clip_ranges, dtype=np.int64))
+        if record.clip_times is not None:
+            group.create_dataset("clip_times", data=np.asarray(record.clip_times, dtype=np.float64))
         if record.static_features is not None and len(record.static_features):
             group.create_dataset("static_features", data=np.asarray(record.static_features, dtype=dtype),
                                  **opts)
@@ -392,6 +408,9 @@ class FeatureStore:
             group.create_dataset(name, data=np.asarray(value), **opts)
         for name, value in record.attrs.items():
             group.attrs[name] = value
+        # The data reaches the file before the mark does: when a write fails inside HDF5 (disk full),
+        # it fails here, and the video is left unmarked instead of marked over data that never landed.
+        self._file.flush()
         hooks.fire("write-mark", record.key)
         group.attrs["complete"] = True
         self._drop(FAILURES, record.key)
@@ -464,7 +483,8 @@ class FeatureStore:
         """Check every video group against the root header; [] when the store is sound.
 
         Per video: the `complete` mark; clip_features (n, dim) of the header's dtype, finite;
-        clip_ranges (n, 2) integers within the video's frames; static_features (N, dim) and
+        clip_ranges (n, 2) integers within the video's frames; clip_times, when present, (n, 2)
+        seconds, start <= end; static_features (N, dim) and
         static_frames (N,) exactly when the sampling has static_clips = N; the documented attributes.
         Per failure: an error message, and no complete video under the same key.
         """
@@ -520,7 +540,7 @@ class Problem:
 # Room kept free beyond a video's estimated size when checking the disk before writing it.
 SPACE_MARGIN = 1 << 20
 
-_VIDEO_DATASETS = ("clip_features", "clip_ranges", "static_features", "static_frames")
+_VIDEO_DATASETS = ("clip_features", "clip_ranges", "clip_times", "static_features", "static_frames")
 _VIDEO_ATTRS = ("fps", "n_frames", "height", "width", "source")
 
 
@@ -564,6 +584,19 @@ def _check_video(group: h5py.Group, header: StoreHeader) -> list[str]:
         if len(values) and n_frames is not None and (
                 values.min() < 0 or values.max() >= int(n_frames) or (values[:, 0] > values[:, 1]).any()):
             out.append(f"clip_ranges outside the video's {int(n_frames)} frames or reversed")
+    times = group.get("clip_times")  # optional: stores of earlier versions lack it
+    if times is not None:
+        if (not isinstance(times, h5py.Dataset) or times.ndim != 2 or times.shape[1] != 2
+                or not np.issubdtype(times.dtype, np.floating)):
+            out.append(f"clip_times is {getattr(times, 'dtype', '?')}{getattr(times, 'shape', '')}, expected float "
+                       "(n_clips, 2)")
+        else:
+            if n_clips is not None and times.shape[0] != n_clips:
+                out.append(f"clip_times has {times.shape[0]} rows, clip_features {n_clips}")
+            values = times[()]
+            known = values[np.isfinite(values).all(axis=1)]
+            if len(known) and (known.min() < 0 or (known[:, 0] > known[:, 1]).any()):
+                out.append("clip_times negative or reversed")
     expected_static = int(header.sampling.get("static_clips") or 0)
     static, frames = group.get("static_features"), group.get("static_frames")
     if expected_static:

@@ -453,17 +453,12 @@ def make_benchmark(
                               seed=int(video_seeds[i]))
         write_video(out_dir / "videos" / row["video"], frames, fps)
 
-    if progress:
-        from rich.progress import Progress
+    from anonfeat.progress import RichBar
 
-        with Progress() as bar:
-            task = bar.add_task("rendering synthetic videos", total=n_videos)
-            for i in range(n_videos):
-                render_one(i)
-                bar.advance(task)
-    else:
+    with RichBar(progress, "rendering synthetic videos", n_videos, []) as bar:
         for i in range(n_videos):
             render_one(i)
+            bar.step()
 
     labels = out_dir / "labels.csv"
     with open(labels, "w", newline="", encoding="utf-8") as f:

@@ -355,7 +355,7 @@ def test_audit_refuses_a_store_whose_anonymizer_saw_test_videos(data, tmp_path, 
 
     monkeypatch.setattr(runner, "audit_store", no_attack)
     args = ["anonfeat", "audit", str(store), "--labels", str(data["labels"]), "--device", "cpu", "--seeds", "1",
-            "--epochs", "5"]
+            "--epochs", "5", "-q"]  # -q: stderr holds errors only (no split summary line)
     monkeypatch.setattr(sys, "argv", args)
     with pytest.raises(SystemExit) as info:
         main()
@@ -365,13 +365,13 @@ def test_audit_refuses_a_store_whose_anonymizer_saw_test_videos(data, tmp_path, 
     assert f"{n_test} of the {n_test} test videos" in err and "re-train" in err and "--allow-seen" in err
     monkeypatch.undo()
     out = tmp_path / "seen.json"
-    monkeypatch.setattr(sys, "argv", [*args, "--allow-seen", "--json", str(out)])
+    monkeypatch.setattr(sys, "argv", [*args[:-1], "--allow-seen", "--json", str(out)])
     with pytest.raises(SystemExit) as info:
         main()
     assert info.value.code in (0, None)
     entry = json.loads(out.read_text())["stores"][str(store)]
     assert entry["test_seen_by_anonymizer"] == n_test and entry["attacker_split"] == "train"
-    assert "flatter" in capsys.readouterr().out
+    assert "flatter" in capsys.readouterr().err  # notes go to stderr with the status lines
     # the API refuses the same way, and a record of train videos only passes
     with pytest.raises(AnonfeatError, match="--allow-seen"):
         audit_stores([store], data["labels"], seeds=1, epochs=1, device="cpu")

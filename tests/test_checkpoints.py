@@ -360,7 +360,7 @@ def test_encoders_table_shows_interpolation_and_crop_pct():
     assert table.exit_code == 0, table.output
     assert re.search(r"timm:test_vit .*bicubic .*0\.95", table.output)
     assert re.search(r"videomae-b .*bilinear .*\b1\b", table.output)
-    listing = json.loads(CliRunner().invoke(app, ["encoders", "--json"]).output)
+    listing = json.loads(CliRunner().invoke(app, ["encoders", "--json", "-"]).stdout)
     assert (listing["videomae-b"]["interpolation"], listing["videomae-b"]["crop_pct"]) == ("bilinear", 1.0)
 
 

@@ -219,7 +219,7 @@ def test_cli_extract_inspect_and_exit_codes(bad_video_dir, tmp_path):
                    "--static-clips", "1", "--frame-stride", "2", "--workers", "1", "--no-progress")
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
-    summary = json.loads(run_cli("inspect", str(out), "--json").stdout)
+    summary = json.loads(run_cli("inspect", str(out), "--json", "-").stdout)
     assert summary["encoder"]["name"] == "videomae-tiny"
     assert summary["videos"]["a.mp4"] == {"n_clips": 1, "dim": 192, "n_static": 1}
     assert set(summary["failed"]) == {"zero.mp4", "text.mp4", "truncated.mp4"}
@@ -243,7 +243,7 @@ def test_cli_usage_errors_are_one_line_exit_2(video_dir, tmp_path, args, message
 @pytest.mark.integration
 def test_cli_version_and_encoders():
     assert run_cli("--version").stdout.startswith("anonfeat ")
-    listing = json.loads(run_cli("encoders", "--json").stdout)
+    listing = json.loads(run_cli("encoders", "--json", "-").stdout)
     assert {"videomae-s", "videomae-b", "videomae-l", "videomae-h", "videomaev2-g", "videomae-tiny"} <= set(listing)
     assert listing["videomae-b"]["embed_dim"] == 768 and 80e6 < listing["videomae-b"]["parameters"] < 90e6
 

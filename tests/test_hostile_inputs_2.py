@@ -247,7 +247,7 @@ def test_crafted_stores_give_one_line_everywhere(small_store, tmp_path, kind, ne
 
     out = _craft(small_store, tmp_path, kind)
     lines = []
-    for args in (["inspect", str(out)], ["inspect", str(out), "--json"], ["inspect", str(out), "--verify"]):
+    for args in (["inspect", str(out)], ["inspect", str(out), "--json", "-"], ["inspect", str(out), "--verify"]):
         # 6 GiB of address space: reading the crafted 77 GB dataset would fail loudly, never pass
         run = forked_cli(args, tmp_path, setup=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)))
         assert run.returncode in (2, 4), (args, run.stdout, run.stderr)
@@ -456,7 +456,11 @@ def test_outputs_over_inputs_are_refused_before_any_work(small_videos, small_sto
         train_adapter(store, labels, tmp_path / "." / "labels.csv", epochs=1, progress=False)
     assert store.read_bytes() == before and all(p.read_bytes() == data for p, data in sources.items())
     assert not (tmp_path / "p.h5").exists() and not (videos / "anon").exists()
-    for args, needle in ((["audit", str(store), "--labels", str(labels), "--json", str(store)], "--json is also"),
+    for args, needle in ((["audit", str(store), "--labels", str(labels), "--json", str(store)], "which --json would "
+                          "overwrite"),
+                         (["audit", str(store), "--labels", str(labels), "--json", str(labels)], "is also labels"),
+                         (["extract", str(listing), "--out", str(tmp_path / "new.h5"), "--json", str(tmp_path / "new.h5"),
+                           *FLAGS], "is also out"),
                          (["audit", str(store), "--labels", str(labels), "--plot", str(tmp_path / "x.xyz")],
                           "--plot cannot write .xyz"),
                          (["audit", str(store), "--labels", str(labels), "--json", str(labels / "x.json")],

@@ -446,7 +446,7 @@ def test_cli_verify_reports_problems_with_exit_4_and_json(ws, tmp_path):
         CORRUPTIONS["no complete mark"][0](f)
     table = forked_cli(["inspect", str(path), "--verify"], tmp_path)
     assert table.returncode == 4 and "2 problem(s)" in table.stdout and "nested/b.mkv" in table.stdout
-    report = json.loads(forked_cli(["inspect", str(path), "--verify", "--json"], tmp_path).stdout)
+    report = json.loads(forked_cli(["inspect", str(path), "--verify", "--json", "-"], tmp_path).stdout)
     assert report["ok"] is False and report["videos"] == N_VALID - 1 and report["failed"] == 1
     assert [p["video"] for p in report["problems"]] == ["a.mp4", "nested/b.mkv"]
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
@@ -477,8 +477,8 @@ def test_sanitized_store_holds_no_raw_feature_dataset_or_vector(ws):
 
         sanitized.visititems(check)
     # only the frame indices are shared; every features dataset differs
-    assert sorted(equal) == sorted(n for n in compared if n.endswith(("clip_ranges", "static_frames")))
-    assert len(compared) == 4 * N_VALID
+    assert sorted(equal) == sorted(n for n in compared if n.endswith(("clip_ranges", "clip_times", "static_frames")))
+    assert len(compared) == 5 * N_VALID
 
 
 def test_untrained_adapter_is_refused_instead_of_copying_raw_features(ws, tmp_path):

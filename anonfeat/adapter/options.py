@@ -1,56 +1,76 @@
-"""Adapter training flags, torch-free so the CLI can read their defaults without importing torch."""
+"""Flags of `anonfeat train-adapter` and `anonfeat sanitize`, torch-free so the CLI can build its flags
+from them without importing torch (see anonfeat.options)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Optional
 
 from anonfeat.errors import AnonfeatError
+from anonfeat.options import (COMPRESSIONS, check_declared, comma_list, device_option, option, progress_option,
+                              split_seed_option)
 
 METHODS = ("aam", "leace")
 PRIVACY_LOSSES = ("ntxent", "attributes", "both")
 ATTRIBUTE_LOSSES = ("decorrelate", "grl")
+PAIRS = ("static", "all")
 
 
 @dataclass
 class AdapterTrainOptions:
     """Flags of `anonfeat train-adapter`; defaults and their meaning: docs/cli.md#train-adapter."""
 
-    method: str = "aam"  # "aam" (the trained adapter) or "leace" (closed-form linear eraser of --attributes)
-    tasks: tuple[str, ...] = ("action",)
-    attributes: list[str] | None = None
-    privacy_loss: str = "ntxent"
-    depth: int = 3
-    heads: int = 8
+    method: str = option("aam", "aam (the trained adapter) or leace (closed-form LEACE eraser of the --attributes "
+                                "columns on clip and static-clip rows; the loss flags do not apply).",
+                          choices=METHODS)
+    tasks: tuple[str, ...] = option(("action",), "Utility column to co-train (repeatable).", "--task",
+                                    cli_type=List[str], parse=tuple)
+    attributes: list[str] | None = option(None, "Attribute columns a,b,c for --privacy-loss attributes|both "
+                                                "(default: every label column but video, split and tasks).",
+                                          cli_type=Optional[str], parse=comma_list, metavar="A,B,C")
+    privacy_loss: str = option("ntxent", "ntxent (self-supervised), attributes (supervised, on the labels' "
+                                         "attribute columns) or both.", choices=PRIVACY_LOSSES)
+    depth: int = option(3, "Attention blocks (paper: 3).", min=1)
+    heads: int = option(8, "Attention heads (paper: 8).", min=1)
     mlp_ratio: float = 2.0
-    epochs: int = 100
-    warmup_epochs: int = 10
-    batch_size: int = 64  # videos per step
-    lr: float = 1e-3
+    epochs: int = option(100, "Training epochs (after the warm-up).", min=1)
+    warmup_epochs: int = option(10, "Epochs fitting heads on raw features first.", min=0)
+    batch_size: int = option(64, "Videos per step.", "-b", min=2)
+    lr: float = option(1e-3, "Learning rate (AdamW).")
     weight_decay: float = 0.05
-    w_lc: float = 1.0
-    w_t: float = 1.0
-    w_b: float = 1.0
-    w_attr: float = 1.0
-    attr_loss: str = "decorrelate"  # supervised term: "decorrelate" (feature-attribute correlation) or "grl" (adversarial head)
-    temperature: float = 0.1
-    pairs: str = "all"  # "static" (the paper's), or "all": static, clip and static-clip pairs
+    w_lc: float = option(1.0, "Latent consistency weight (paper: 100).")
+    w_t: float = option(1.0, "Utility weight (paper: 1).")
+    w_b: float = option(1.0, "NT-Xent privacy weight (paper: 1).")
+    w_attr: float = option(1.0, "Supervised attribute privacy weight.")
+    attr_loss: str = option("decorrelate", "Supervised term of --privacy-loss attributes|both: decorrelate (squared "
+                                           "feature-attribute correlations, per view) or grl (MLP head through "
+                                           "gradient reversal).", choices=ATTRIBUTE_LOSSES)
+    temperature: float = option(0.1, "NT-Xent temperature.")
+    pairs: str = option("all", "NT-Xent pairs: static (paper) or all (static, clip and static-clip pairs).",
+                        choices=PAIRS)
     max_clips: int = 32  # clips per video per step (a random window), bounds memory on long videos
     val_fraction: float = 0.15
-    seed: int = 0
-    split_seed: int = 0  # seed of the derived split when the labels have no split column
-    device: str = "auto"
-    progress: bool = True
+    seed: int = option(0, "Seed of the validation part, the initialization and the batches.")
+    split_seed: int = split_seed_option()
+    device: str = device_option()
+    progress: bool = progress_option()
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise AnonfeatError(f"--method {self.method!r}: choose aam or leace")
-        if self.privacy_loss not in PRIVACY_LOSSES:
-            raise AnonfeatError(f"--privacy-loss {self.privacy_loss!r}: choose ntxent, attributes or both")
-        if self.attr_loss not in ATTRIBUTE_LOSSES:
-            raise AnonfeatError(f"--attr-loss {self.attr_loss!r}: choose decorrelate or grl")
-        if self.pairs not in ("static", "all"):
-            raise AnonfeatError(f"--pairs {self.pairs!r}: choose static or all")
+        check_declared(self)
         if self.epochs < 1 or self.batch_size < 2:
             raise AnonfeatError("--epochs must be >= 1 and --batch-size >= 2 (NT-Xent needs negatives)")
         if self.temperature <= 0:
             raise AnonfeatError("--temperature must be positive")
+
+
+@dataclass
+class SanitizeOptions:
+    """Flags of `anonfeat sanitize` (keyword arguments of `sanitize_store`)."""
+
+    device: str = device_option()
+    compression: str | None = option(None, "HDF5 compression of the features (default: none).", choices=COMPRESSIONS)
+    progress: bool = progress_option()
+    group_size: int = 128  # videos read and sanitized together
+
+    def validate(self) -> None:
+        check_declared(self)

@@ -15,6 +15,7 @@ from anonfeat.adapter.model import sanitize_features
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
 from anonfeat.paths import check_outputs
+from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 
 
@@ -105,6 +106,7 @@ def _sanitize_group(adapter: LoadedAdapter, records: list[VideoRecord]) -> list[
         if static is not None:
             refuse_unchanged(adapter, f"video {record.key}'s static clips", record.static_features, static.numpy())
         out.append(VideoRecord(key=record.key, clip_features=clip.numpy(), clip_ranges=record.clip_ranges,
+                               clip_times=record.clip_times,
                                static_features=None if static is None else static.numpy(),
                                static_frames=record.static_frames, attrs=record.attrs))
     return out
@@ -126,18 +128,15 @@ def sanitize_store(raw: str | Path, adapter: str | Path, out: str | Path, device
         out.parent.mkdir(parents=True, exist_ok=True)
         with FeatureStore(out, "a") as target:
             target.initialize(header)
-            from rich.progress import Progress
-
             todo = [key for key in keys if not target.is_complete(key)]
             result.skipped = [key for key in keys if target.is_complete(key)]
-            with Progress(disable=not progress) as bar:
-                task = bar.add_task("sanitize", total=len(todo))
+            with RichBar(progress, "sanitize", len(todo), []) as bar:
                 for start in range(0, len(todo), group_size):
                     group = [source.read_video(key) for key in todo[start:start + group_size]]
                     for record in _sanitize_group(loaded, group):
                         target.write_video(record, compression)
                         result.written.append(record.key)
-                    bar.advance(task, len(group))
+                    bar.step(len(group))
             for key, error in source.failures().items():
                 if not target.is_complete(key):
                     target.record_failure(key, error)

@@ -8,12 +8,25 @@ ordinary clips, which can leak where static clips do not); the headline cMAP is 
 A linear probe measures utility on the same splits and seeds.
 """
 
-from anonfeat.audit.report import audit_figure, plot, render_table, report_json, write_json
-from anonfeat.probes.attackers import ATTACKERS, build_attacker, build_probe
-from anonfeat.audit.runner import (AttackResult, AuditOptions, AuditReport, StoreResult, audit_store,
-                                   audit_stores)
+from __future__ import annotations
 
-__all__ = [
-    "ATTACKERS", "AttackResult", "AuditOptions", "AuditReport", "StoreResult", "audit_store", "audit_stores",
-    "audit_figure", "build_attacker", "build_probe", "plot", "render_table", "report_json", "write_json",
-]
+import importlib
+
+# Loaded on first use, so the CLI reads AuditOptions (anonfeat.audit.options) without importing torch.
+_LAZY = {
+    "ATTACKERS": "anonfeat.audit.options", "AuditOptions": "anonfeat.audit.options",
+    "build_attacker": "anonfeat.probes.attackers", "build_probe": "anonfeat.probes.attackers",
+    "audit_figure": "anonfeat.audit.report", "plot": "anonfeat.audit.report",
+    "render_table": "anonfeat.audit.report",
+    "report_json": "anonfeat.audit.report", "write_json": "anonfeat.audit.report",
+    "AttackResult": "anonfeat.audit.runner", "AuditReport": "anonfeat.audit.runner",
+    "StoreResult": "anonfeat.audit.runner", "audit_store": "anonfeat.audit.runner",
+    "audit_stores": "anonfeat.audit.runner",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'anonfeat.audit' has no attribute {name!r}")

@@ -32,43 +32,13 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from anonfeat.audit.options import AuditOptions
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import Labels, Match, load_labels, match_videos
 from anonfeat.probes import metrics
 from anonfeat.probes.attackers import (ATTACKERS, Samples, Standardizer, TrainConfig, build_attacker, build_probe,
                                        predict_videos, seeded_model, select_samples, train_selected)
 from anonfeat.store import FeatureStore, StoreHeader
-
-
-@dataclass
-class AuditOptions:
-    """Settings of an audit; the defaults follow the papers' attacker protocol."""
-
-    attacker: str = "mlp"
-    seeds: int = 3
-    epochs: int = 100
-    tasks: tuple[str, ...] = ("action",)
-    attributes: Sequence[str] | None = None
-    bias_attribute: str | None = None
-    device: str | torch.device = "auto"
-    lr: float = 1e-3
-    batch_size: int = 512
-    val_fraction: float = 0.2
-    seed: int = 0
-    split_seed: int = 0  # seed of the derived split when the labels have no split column
-    allow_seen: bool = False  # audit stores whose anonymizer trained on test videos (figures flatter it)
-
-    def validate(self) -> None:
-        if self.attacker not in ATTACKERS:
-            raise AnonfeatError(f"--attacker {self.attacker!r}: choose one of {', '.join(ATTACKERS)}")
-        if self.seeds < 1:
-            raise AnonfeatError(f"--seeds {self.seeds}: give at least 1")
-        if self.epochs < 1:
-            raise AnonfeatError(f"--epochs {self.epochs}: give at least 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise AnonfeatError(f"validation fraction {self.val_fraction} must lie strictly between 0 and 1")
-        if not self.tasks:
-            raise AnonfeatError("give at least one utility task (--task COLUMN)")
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import torch
 from anonfeat.bench.memory import extract_peak_rss
 from anonfeat.bench.naive import naive_decoder_name, naive_extract
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import with_overrides
+from anonfeat.options import BenchOptions, parse_size, with_overrides
 from anonfeat.synth import write_texture_video
 
 RESULT_KEYS = ("decode_cps", "encode_cps", "e2e_cps", "naive_cps", "sanitize_cps", "speedup_vs_naive",
@@ -56,32 +56,6 @@ Log = Callable[[str], None]
 
 
 @dataclass
-class BenchOptions:
-    encoder: str = "videomae-tiny"
-    checkpoint: str | Path | None = None  # None: seeded random weights (speed does not depend on them)
-    device: str = "auto"
-    batch_size: int = 16
-    workers: int = 1
-    videos: int = 8  # generated videos of the throughput set
-    frames: int = 300  # frames per video (10 s at 30 fps)
-    size: str = "640x360"  # WxH of the throughput set
-    fps: float = 30.0
-    frame_stride: int = 2
-    clip_stride: int | None = None  # None: clip_len * frame_stride // 4 (dense: each frame in 4 clips)
-    repeats: int = 3  # each throughput is measured this many times, interleaved; the median is kept
-    naive_videos: int = 2  # the naive reference runs on the first N videos (it is slow)
-    long_seconds: float = 600.0
-    short_seconds: float = 10.0
-    long_size: str = "1280x720"
-    skip_memory: bool = False
-    cache_dir: str | Path | None = None  # keep generated videos here and reuse them
-    threads: int | None = None  # torch intra-op threads of this process (None: leave torch's choice)
-    peak_tflops: float | None = None  # bf16 peak of the GPU (None: looked up from its name)
-    compile: bool | None = None  # torch.compile the encoder (None: as extract, on CUDA only)
-    decoder: str = "auto"  # --decoder of decode-only, e2e and the memory runs (anonfeat.video.decoders)
-
-
-@dataclass
 class Samples:
     decode: list[float] = field(default_factory=list)
     encode: list[float] = field(default_factory=list)
@@ -92,15 +66,6 @@ class Samples:
 
 
 # -- generated videos --------------------------------------------------------------------------
-def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (width, height), both even and at least 16 (H.264 4:2:0)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise AnonfeatError(f"size {text!r}: write it as WIDTHxHEIGHT, e.g. 640x360") from None
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise AnonfeatError(f"size {text!r}: width and height must be even and at least 16")
-    return w, h
 
 
 def bench_video_set(root: Path, n_videos: int, n_frames: int, width: int, height: int, fps: float,
@@ -317,10 +282,7 @@ def run_bench(options: BenchOptions | None = None, log: Log | None = None, **ove
 
     options = with_overrides(options, BenchOptions, overrides)
     log = log or (lambda message: None)
-    if options.repeats < 1 or options.videos < 1 or options.frames < 1 or options.naive_videos < 1:
-        raise AnonfeatError("--repeats, --videos, --frames and --naive-videos must be at least 1")
-    if options.batch_size < 1 or options.workers < 0:
-        raise AnonfeatError("--batch-size must be at least 1 and --workers at least 0")
+    options.validate()
     width, height = parse_size(options.size)
     long_w, long_h = parse_size(options.long_size)
     device = resolve_device(options.device)

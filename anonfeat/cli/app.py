@@ -6,6 +6,11 @@ import sys
 from typing import Optional
 
 import typer
+
+try:  # recent typer versions vendor click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - typer with click as a dependency
+    from click import exceptions as click_errors
 from rich.console import Console
 from rich.markup import escape
 
@@ -45,10 +50,34 @@ def _root(
     """anonfeat: privacy-preserving video features."""
 
 
+def _bare_json(argv: list[str]) -> bool:
+    """The spelling of earlier versions, `--json` with no destination, as the last argument."""
+    return bool(argv) and argv[-1] == "--json"
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit status 2."""
+    if _bare_json(sys.argv[1:]):
+        err_console.print("[bold red]error:[/] --json takes a destination: `--json -` writes the JSON alone on "
+                          "stdout, `--json FILE` writes it to FILE (a bare --json is no longer accepted)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
     try:
-        app()
+        status = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # `anonfeat` alone: the help
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:  # click's own checks (a missing argument, a value not among the choices)
+        command = exc.ctx.command_path if exc.ctx is not None else "anonfeat"
+        err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{command} -h`)", highlight=False,
+                          soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except click_errors.ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[bold red]interrupted[/]; completed videos are kept, re-run to resume")
+        sys.exit(130)
     except AnonfeatError as exc:
         if getattr(exc, "quiet", False):  # a distributed run's error, reported by rank 0 with its status
             sys.exit(EXIT_OK)
@@ -65,3 +94,4 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]; completed videos are kept, re-run to resume")
         sys.exit(130)
+    sys.exit(status or EXIT_OK)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Optional
 
-import typer
-
-from anonfeat.cli import options as opt
-from anonfeat.cli.app import app, console, err_console
+from anonfeat.cli.app import app
+from anonfeat.cli.options import command
+from anonfeat.cli.output import Output
+from anonfeat.options import BenchOptions
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -21,45 +18,14 @@ def _fmt(value, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-@app.command("bench")
-def bench_command(
-    encoder: str = typer.Option("videomae-tiny", "--encoder", "-e", help="Registry name or timm:<model>."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
-                                              help="Weights to load (default: seeded random weights; speed does not depend on them)."),
-    device: str = opt.Device,
-    decoder: str = opt.Decoder,
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
-    batch_size: int = opt.BatchSize,
-    workers: int = opt.Workers,
-    videos: int = typer.Option(8, "--videos", min=1, help="Generated videos in the throughput set."),
-    frames: int = typer.Option(300, "--frames", min=1, help="Frames per generated video (at 30 fps)."),
-    size: str = typer.Option("640x360", "--size", help="WIDTHxHEIGHT of the throughput set."),
-    frame_stride: int = typer.Option(2, "--frame-stride", min=1, help="Frames between a clip's frames."),
-    clip_stride: Optional[int] = typer.Option(None, "--clip-stride", min=1,
-                                              help="Frames between clip starts (default: clip_len x frame_stride / 4: dense, each frame in 4 clips)."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Rounds of measurements (interleaved); medians are reported."),
-    naive_videos: int = typer.Option(2, "--naive-videos", min=1, help="Videos the (slow) naive reference runs on."),
-    long_seconds: float = typer.Option(600.0, "--long-seconds", min=1.0, help="Length of the long video of the memory test."),
-    short_seconds: float = typer.Option(10.0, "--short-seconds", min=0.1, help="Length of the short video of the memory test."),
-    long_size: str = typer.Option("1280x720", "--long-size", help="WIDTHxHEIGHT of the memory-test videos."),
-    skip_memory: bool = typer.Option(False, "--skip-memory", help="Skip the peak-memory runs (quick checks)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Keep the generated videos here and reuse them."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch threads of this process (default: torch's)."),
-    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="The GPU's bf16 peak (default: looked up by name)."),
-    compile: Optional[bool] = opt.Compile,
-) -> None:
+@command(app, "bench", BenchOptions)
+def bench_command(options: BenchOptions = None, ui: Output = None) -> None:
     """Measure decode, encode, end-to-end and naive throughput, sanitize speed and extract peak memory."""
     from rich.table import Table
 
-    from anonfeat.bench import BenchOptions, run_bench, targets
+    from anonfeat.bench import run_bench, targets
 
-    options = BenchOptions(encoder=encoder, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                           workers=workers, videos=videos, frames=frames, size=size, frame_stride=frame_stride,
-                           clip_stride=clip_stride, repeats=repeats, naive_videos=naive_videos,
-                           long_seconds=long_seconds, short_seconds=short_seconds, long_size=long_size,
-                           skip_memory=skip_memory, cache_dir=cache_dir, threads=threads, peak_tflops=peak_tflops,
-                           compile=compile, decoder=decoder)
-    result = run_bench(options, log=lambda message: err_console.print(f"[dim]bench:[/] {message}", highlight=False))
+    result = run_bench(options, log=lambda message: ui.status(f"[dim]bench:[/] {message}"))
     s = result["settings"]
     samples = result["samples"]
 
@@ -100,7 +66,7 @@ def bench_command(
         table.add_row(f"rss_{name}_mb", _fmt(result[f"rss_{name}_mb"], 0), "MB", detail)
     table.add_row("encode_tflops", _fmt(result["encode_tflops"], 3), "TFLOP/s",
                   f"{_fmt(result['encode_gflops_per_clip'], 1)} GFLOP per clip")
-    console.print(table)
+    ui.result(table)
 
     checks = Table(title="targets")
     checks.add_column("figure")
@@ -108,11 +74,7 @@ def bench_command(
     checks.add_column("")
     for name, target, met in targets(result):
         checks.add_row(name, target, "[green]pass[/]" if met else "[dim]n/a[/]" if met is None else "[red]fail[/]")
-    console.print(checks)
     m = result["machine"]
-    console.print(f"machine: {m['cpu']} ({m['cpu_cores']} cores), {m.get('gpu', 'no GPU')}, "
-                  f"torch {m['torch']} ({m['torch_threads']} threads)", highlight=False)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
-        console.print(f"wrote {json_out}")
+    ui.result(checks, f"machine: {m['cpu']} ({m['cpu_cores']} cores), {m.get('gpu', 'no GPU')}, "
+                      f"torch {m['torch']} ({m['torch_threads']} threads)")
+    ui.emit(result)

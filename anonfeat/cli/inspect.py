@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from anonfeat.cli.app import EXIT_INVALID, app, console
-from anonfeat.cli.options import Json
+from anonfeat.cli.app import EXIT_INVALID, app
+from anonfeat.cli.options import command
+from anonfeat.cli.output import Output
 
 
 def store_summary(path: Path) -> dict:
-    """The JSON `anonfeat inspect --json` prints: encoder, per-video counts, failures."""
+    """The JSON of `anonfeat inspect --json`: encoder, per-video counts, failures."""
     from anonfeat.store import FeatureStore
 
     with FeatureStore(path) as store:
@@ -35,7 +36,7 @@ def store_summary(path: Path) -> dict:
 
 
 def verify_summary(path: Path) -> dict:
-    """The JSON `anonfeat inspect --verify --json` prints: {"ok", "videos", "failed", "problems"}."""
+    """The JSON of `anonfeat inspect --verify --json`: {"ok", "videos", "failed", "problems"}."""
     from anonfeat.store import FeatureStore
 
     with FeatureStore(path) as store:
@@ -44,37 +45,34 @@ def verify_summary(path: Path) -> dict:
                 "problems": [{"video": p.key, "problem": p.message} for p in problems]}
 
 
-def _print_verify(store: Path, as_json: bool) -> None:
+def _print_verify(store: Path, ui: Output) -> None:
     report = verify_summary(store)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    elif report["ok"]:
-        console.print(f"OK: {escape(str(store))}: {report['videos']} complete videos and {report['failed']} recorded "
-                      "failures match the root header", highlight=False)
+    if report["ok"]:
+        ui.result(f"OK: {escape(str(store))}: {report['videos']} complete videos and {report['failed']} recorded "
+                  "failures match the root header")
     else:
         table = Table("video", "problem", title=f"{escape(str(store))}: {len(report['problems'])} problem(s)")
         for problem in report["problems"]:
             table.add_row(escape(problem["video"] or "(store)"), escape(problem["problem"]))
-        console.print(table)
+        ui.result(table)
+    ui.emit(report)
     if not report["ok"]:
         raise typer.Exit(EXIT_INVALID)
 
 
-@app.command("inspect")
+@command(app, "inspect")
 def inspect_command(
-    store: Path = typer.Argument(..., help="HDF5 feature store."),
-    as_json: bool = Json,
-    verify: bool = typer.Option(False, "--verify", help="Check every video's datasets against the root "
-                                "header (dim, dtype, counts, NaN/Inf, complete mark); exit 4 on problems."),
+    store: Annotated[Path, typer.Argument(help="HDF5 feature store.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Check every video's datasets against the root header "
+                                                          "(dim, dtype, counts, NaN/Inf, complete mark); exit 4 on "
+                                                          "problems.")] = False,
+    ui: Output = None,
 ) -> None:
     """Summarize a feature store: encoder, sampling, videos and failures (--verify: check it)."""
     if verify:
-        _print_verify(store, as_json)
+        _print_verify(store, ui)
         return
     summary = store_summary(store)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
     enc = summary["encoder"]
     videos = summary["videos"]
     table = Table(title=escape(str(store)), show_header=False)
@@ -94,9 +92,10 @@ def inspect_command(
     table.add_row("clips", str(sum(v["n_clips"] for v in videos.values())))
     table.add_row("static clips", str(sum(v["n_static"] for v in videos.values())))
     table.add_row("failed", str(len(summary["failed"])))
-    console.print(table)
+    ui.result(table)
     if summary["failed"]:
         failures = Table("failed video", "error", title="failures")
         for key, error in sorted(summary["failed"].items()):
             failures.add_row(escape(key), escape(error))
-        console.print(failures)
+        ui.result(failures)
+    ui.emit(summary)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from anonfeat.cli.app import app, console
+from anonfeat.cli.app import app
+from anonfeat.cli.options import command
+from anonfeat.cli.output import Output
+from anonfeat.options import SynthOptions
 
 
-@app.command("synth")
+@command(app, "synth", SynthOptions)
 def synth_command(
-    out_dir: Path = typer.Argument(..., help="Folder to write videos/ and labels.csv into."),
-    videos: int = typer.Option(60, "--videos", "-n", min=1, help="Number of videos."),
-    size: int = typer.Option(128, "--size", min=16, help="Frame height and width in pixels."),
-    frames: int = typer.Option(48, "--frames", min=1, help="Frames per video."),
-    fps: float = typer.Option(24.0, "--fps", min=1.0),
-    seed: int = typer.Option(0, "--seed"),
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write videos/ and labels.csv into.")],
+    options: SynthOptions = None,
+    ui: Output = None,
 ) -> None:
     """Write a synthetic benchmark: appearance carries private attributes, motion the action.
 
@@ -24,6 +26,7 @@ def synth_command(
     and probes) and test."""
     from anonfeat.synth import make_benchmark
 
-    labels = make_benchmark(out_dir, n_videos=videos, size=(size, size), n_frames=frames, fps=fps,
-                            seed=seed, progress=True)
-    console.print(f"wrote {videos} videos under {out_dir / 'videos'} and {labels}")
+    labels = make_benchmark(out_dir, n_videos=options.n_videos, size=(options.size, options.size),
+                            n_frames=options.n_frames, fps=options.fps, seed=options.seed, progress=options.progress)
+    ui.result(f"wrote {options.n_videos} videos under {escape(str(out_dir / 'videos'))} and {escape(str(labels))}")
+    ui.emit({"videos_dir": out_dir / "videos", "labels": labels, "videos": options.n_videos})

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-ATTACKERS = ("mlp", "linear")
+from anonfeat.options import ATTACKERS  # noqa: F401  (re-exported)
 
 
 def build_attacker(kind: str, dim: int, num_attributes: int) -> nn.Module:

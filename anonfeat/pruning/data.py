@@ -16,6 +16,7 @@ from anonfeat.errors import AnonfeatError, VideoError
 from anonfeat.labels import Labels, match_videos
 from anonfeat.video.discover import VideoItem, find_videos
 from anonfeat.video.decoders import CPU, DecoderBackend, open_video
+from anonfeat.video.sampling import Sampling, timeline
 from anonfeat.video.stream import to_clips
 
 CROP_MARGIN = 1.15  # training decodes the short side at 1.15x the input size and crops randomly
@@ -71,11 +72,13 @@ class TrainingClips(Dataset):
     CPU path for a video whose stream it cannot decode: the item's "fallback" is then True).
     """
 
-    def __init__(self, videos: LabelledVideos, clip_len: int, frame_stride: int, input_size: int,
+    def __init__(self, videos: LabelledVideos, clip_len: int, frame_stride: int | None, input_size: int,
                  resize: str = "short", augment: bool = True, statics: bool = False, flip: bool = False,
-                 seed: int = 0, decoder: DecoderBackend = CPU):
-        self.videos, self.clip_len, self.frame_stride = videos, clip_len, frame_stride
+                 seed: int = 0, sample_fps: float | None = None, decoder: DecoderBackend = CPU):
+        self.videos, self.clip_len = videos, clip_len
         self.decoder = decoder
+        # by frames (frame_stride, default 4) or by time (sample_fps): the clips extract and prune cut
+        self.sampling = Sampling(clip_len, frame_stride, resize=resize, sample_fps=sample_fps)
         self.input_size, self.resize, self.augment = input_size, resize, augment
         self.statics, self.flip, self.seed = statics, flip, seed
         self.epoch = 0
@@ -94,10 +97,11 @@ class TrainingClips(Dataset):
         try:
             reader, fallback = open_video(self.decoder, self.videos.items[i].path, decode, self.resize, num_threads=1)
             n = reader.info.n_frames
-            span = (self.clip_len - 1) * self.frame_stride + 1
-            last = max(n - span, 0)
+            positions = timeline(n, self.sampling, reader.info.fps)
+            last = max(len(positions) - self.sampling.span, 0)
             start = int(rng.integers(0, last + 1)) if self.augment else last // 2
-            rows = [np.minimum(start + np.arange(self.clip_len) * self.frame_stride, n - 1)]
+            offsets = start + np.arange(self.clip_len) * self.sampling.step
+            rows = [positions[np.minimum(offsets, len(positions) - 1)]]
             if self.statics:
                 rows += [np.full(self.clip_len, f) for f in rng.choice(n, size=2, replace=n < 2)]
             frames, index = reader.frames(np.stack(rows))

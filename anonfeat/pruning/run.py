@@ -11,7 +11,6 @@ fine-tuning as much as the pruning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -20,12 +19,12 @@ import torch
 from anonfeat.device import resolve_device
 from anonfeat.encoders.config import EncoderConfig
 from anonfeat.errors import AnonfeatError
-from anonfeat.extract import (FEATURES, ClipJob, ExtractOptions, ExtractResult, check_options, sampling_for,
-                              store_header, write_store)
+from anonfeat.extract import FEATURES, ClipJob, ExtractResult, sampling_for, store_header, write_store
 from anonfeat.options import with_overrides
 from anonfeat.paths import check_distinct_targets, check_outputs
 from anonfeat.pruning.backbone import load_source_encoder
 from anonfeat.pruning.io import LoadedPruner, load_pruner
+from anonfeat.pruning.options import ACTION_CLS, MASKED, PruneOptions
 from anonfeat.pruning.render import save_heatmaps, write_anonymized_video
 from anonfeat.sharding import run_store_command
 from anonfeat.store import StoreHeader, VideoRecord
@@ -34,9 +33,6 @@ from anonfeat.video.discover import VideoItem
 from anonfeat.video.sampling import Sampling
 
 POOLED = "pooled_features"
-MASKED, ACTION_CLS = "masked", "action-cls"
-FEATURE_KINDS = (MASKED, ACTION_CLS)
-FILLS = ("black", "blur", "pixelate")
 
 
 def saved_video_path(folder: str | Path, key: str) -> Path:
@@ -55,28 +51,6 @@ def kept_dataset(block: int) -> str:
 
 def scores_dataset(block: int) -> str:
     return f"pruning/scores_{block}"
-
-
-@dataclass
-class PruneOptions(ExtractOptions):
-    """Extract's flags, with extract's defaults (pruned and extracted stores are sampled alike), plus
-    pruning's. `checkpoint`: where the source encoder's weights are (default: the path the pruner
-    file recorded); `encoder` and `random_init` are not used: the pruner file names its source.
-    `fill` and `lossless` shape the saved videos only, never the store (its clips are black-filled)."""
-
-    keep_ratio: float | None = None
-    features: str = MASKED  # masked | action-cls
-    save_videos: str | Path | None = None
-    save_heatmaps: str | Path | None = None
-    fill: str = "black"  # black | blur | pixelate: how dropped tubelets look in the saved videos
-    lossless: bool = False  # saved videos as yuv444p H.264 qp 0 instead of yuv420p CRF 18
-
-
-def _check_prune_options(options: PruneOptions) -> None:
-    if options.features not in FEATURE_KINDS:
-        raise AnonfeatError(f"--features {options.features!r}: choose {' or '.join(FEATURE_KINDS)}")
-    if options.fill not in FILLS:
-        raise AnonfeatError(f"--fill {options.fill!r}: choose {', '.join(FILLS)}")
 
 
 def tubelet_pixel_mask(kept: torch.Tensor, cfg: EncoderConfig) -> torch.Tensor:
@@ -186,8 +160,7 @@ def prune(source: str | Path | Iterable[VideoItem], out: str | Path, pruner: str
     `pruner`: a file from train-pruner, or one already loaded with `load_pruner`."""
     options = with_overrides(options, PruneOptions, overrides)
     _check_prune_outputs(source, out, pruner, options)
-    check_options(options)
-    _check_prune_options(options)
+    options.validate()
     device = resolve_device(options.device)
     decoder = select_decoder(options.decoder, device)  # refused here, before the pruner is loaded
     loaded = pruner if isinstance(pruner, LoadedPruner) else load_pruner(pruner, device)

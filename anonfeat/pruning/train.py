@@ -36,6 +36,7 @@ from anonfeat.pruning.model import TubeletPruner
 from anonfeat.pruning.options import PrunerTrainOptions
 from anonfeat.training import EpochProgress, seed_everything, split_validation, warmup_cosine, wrap_ddp
 from anonfeat.video.decoders import DecoderBackend, select_decoder
+from anonfeat.video.sampling import Sampling
 
 
 @dataclass
@@ -149,6 +150,13 @@ def add_branch_gradients(pruner: TubeletPruner, branch: list[torch.nn.Parameter]
         param.grad = update if param.grad is None else param.grad + update
 
 
+def training_sampling(clip_len: int, options: PrunerTrainOptions) -> dict:
+    """The sampling recorded in the pruner file (a record: `prune` samples as `extract` does, by its own
+    flags, so pruned and extracted stores line up)."""
+    sampling = Sampling(clip_len, options.frame_stride, resize=options.resize, sample_fps=options.sample_fps)
+    return {k: v for k, v in sampling.to_dict().items() if k in ("clip_len", "frame_stride", "sample_fps", "resize")}
+
+
 def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrainOptions,
                device: torch.device | None = None, ctx: DistContext | None = None,
                decoder: DecoderBackend | None = None) -> tuple[PrunerTrainer, list[dict], int, int]:
@@ -164,8 +172,8 @@ def fit_pruner(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTra
     enc = cfg.encoder
     n_static = 2 if cfg.privacy_loss == "ntxent" else 0
     dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize,
-                            augment=True, statics=n_static > 0, flip=options.flip, seed=options.seed,
-                            decoder=decoder)
+                            sample_fps=options.sample_fps, augment=True, statics=n_static > 0, flip=options.flip,
+                            seed=options.seed, decoder=decoder)
     sampler = GlobalBatches(len(dataset), options.batch_size, options.seed, ctx.rank, ctx.world_size)
     gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=n_static,
                      n_attributes=videos.attributes.shape[1])
@@ -210,8 +218,8 @@ def evaluate(pruner: TubeletPruner, videos: LabelledVideos, options: PrunerTrain
 
     device = next(pruner.parameters()).device
     enc = pruner.config.encoder
-    dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize, augment=False,
-                            decoder=select_decoder(options.decoder, device))
+    dataset = TrainingClips(videos, enc.clip_len, options.frame_stride, enc.img_size, options.resize,
+                            sample_fps=options.sample_fps, augment=False, decoder=select_decoder(options.decoder, device))
     gather = partial(collate, clip_shape=(enc.clip_len, enc.img_size, enc.img_size, 3), n_static=0,
                      n_attributes=videos.attributes.shape[1])
     loader = DataLoader(dataset, batch_size=options.batch_size, num_workers=min(options.workers, len(dataset)),
@@ -284,8 +292,7 @@ def _train_pruner(ctx: DistContext, source: str | Path, labels: str | Path, out:
         metrics["val_unpruned"] = evaluate(pruner, val, options, keep_ratio=1.0)
     info = {
         "backbone": backbone,
-        "sampling": {"clip_len": pruner.config.encoder.clip_len, "frame_stride": options.frame_stride,
-                     "resize": options.resize},
+        "sampling": training_sampling(pruner.config.encoder.clip_len, options),
         "training": {k: v for k, v in asdict(options).items() if k not in ("progress", "device", "decoder", "extra")},
         "training_videos": list(videos.videos),
         "metrics": metrics,

@@ -37,10 +37,11 @@ from typing import Callable, Protocol
 import numpy as np
 
 from anonfeat.errors import AnonfeatError, first_line
+from anonfeat.options import DECODERS
 from anonfeat.video.reader import FrameReader, VideoInfo
 from anonfeat.video.resize import PilResize
 
-DECODER_CHOICES = ("auto", "cpu", "gpu")
+DECODER_CHOICES = DECODERS  # declared with the --decoder flag
 GPU_PACKAGE = "PyNvVideoCodec"
 
 

@@ -20,7 +20,7 @@ from anonfeat.errors import VideoError, first_line
 from anonfeat.video.decoders import CPU, DecoderBackend, open_video
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.resize import PilResize
-from anonfeat.video.sampling import Sampling, clip_frame_indices, static_frame_indices
+from anonfeat.video.sampling import Sampling, clip_frame_indices, clip_times, static_frame_indices
 
 CLIP, STATIC = "clip", "static"
 
@@ -34,6 +34,7 @@ class VideoStart:
     clip_ranges: np.ndarray  # (n_clips, 2) first and last source frame
     static_frames: np.ndarray  # (n_static,)
     attrs: dict = field(default_factory=dict)
+    clip_times: np.ndarray | None = None  # (n_clips, 2) seconds: when the first and last frame are shown
     fallback: bool = False  # decoded by the CPU path because the run's decoder refused its stream
 
 
@@ -69,11 +70,12 @@ def iter_video(item: VideoItem, sampling: Sampling, input_size: int, chunk_clips
         reader, fallback = open_video(decoder, item.path, input_size, sampling.resize, num_threads,
                                       frame_resize)
         info = reader.info
-        clips = clip_frame_indices(info.n_frames, sampling)
+        clips = clip_frame_indices(info.n_frames, sampling, info.fps)
         statics = static_frame_indices(info.n_frames, sampling.static_clips)
+        ranges = np.stack([clips[:, 0], clips[:, -1]], axis=1)
         yield VideoStart(
             key=item.key, source=str(item.path), n_clips=len(clips), n_static=len(statics),
-            clip_ranges=np.stack([clips[:, 0], clips[:, -1]], axis=1), static_frames=statics,
+            clip_ranges=ranges, clip_times=clip_times(ranges, info.fps), static_frames=statics,
             attrs={"fps": info.fps, "n_frames": info.n_frames, "height": info.height,
                    "width": info.width, "source": str(item.path)},
             fallback=fallback,
