@@ -56,7 +56,7 @@ def test_choices_are_enums_listed_in_help():
     listed = {("extract", "--dtype"): {"float16", "float32"}, ("extract", "--resize"): {"short", "full"},
               ("extract", "--compression"): {"gzip", "lzf"}, ("prune", "--dtype"): {"float16", "float32"},
               ("train-adapter", "--privacy-loss"): {"ntxent", "attributes", "both"},
-              ("train-adapter", "--attr-loss"): {"decorrelate", "grl"}, ("train-adapter", "--pairs"): {"static", "all"},
+              ("train-adapter", "--attr-loss"): {"decorrelate", "grl", "adversary"}, ("train-adapter", "--pairs"): {"static", "all"},
               ("train-pruner", "--privacy-loss"): {"auto", "attributes", "ntxent"},
               ("train-pruner", "--resize"): {"short", "full"}, ("audit", "--attacker"): {"mlp", "linear"},
               ("sanitize", "--compression"): {"gzip", "lzf"}, ("train-adapter", "--method"): {"aam", "leace"},

@@ -12,7 +12,7 @@ from anonfeat.options import (COMPRESSIONS, check_declared, comma_list, device_o
 
 METHODS = ("aam", "leace")
 PRIVACY_LOSSES = ("ntxent", "attributes", "both")
-ATTRIBUTE_LOSSES = ("decorrelate", "grl")
+ATTRIBUTE_LOSSES = ("decorrelate", "grl", "adversary")
 PAIRS = ("static", "all")
 
 
@@ -43,8 +43,15 @@ class AdapterTrainOptions:
     w_b: float = option(1.0, "NT-Xent privacy weight (paper: 1).")
     w_attr: float = option(1.0, "Supervised attribute privacy weight.")
     attr_loss: str = option("decorrelate", "Supervised term of --privacy-loss attributes|both: decorrelate (squared "
-                                           "feature-attribute correlations, per view) or grl (MLP head through "
-                                           "gradient reversal).", choices=ATTRIBUTE_LOSSES)
+                                           "feature-attribute correlations, per view), grl (MLP head through "
+                                           "gradient reversal) or adversary (experimental: a cross-fitted ensemble "
+                                           "of MLP attackers plus decorrelation; keep --w-attr <= --w-lc).",
+                            choices=ATTRIBUTE_LOSSES)
+    # API only (no flags): the experimental adversary's ensemble (anonfeat.adapter.adversary)
+    attackers: int = 4  # MLP attackers in the ensemble
+    attacker_steps: int = 5  # attacker updates per adapter step
+    linear_guard: bool = True  # also decorrelate features and attributes (linear guardedness)
+    attacker_reset: int = 150  # adapter steps between re-initializations of one attacker (0: never)
     temperature: float = option(0.1, "NT-Xent temperature.")
     pairs: str = option("all", "NT-Xent pairs: static (paper) or all (static, clip and static-clip pairs).",
                         choices=PAIRS)
@@ -57,6 +64,8 @@ class AdapterTrainOptions:
 
     def validate(self) -> None:
         check_declared(self)
+        if self.attackers < 1 or self.attacker_steps < 1 or self.attacker_reset < 0:
+            raise AnonfeatError("attackers and attacker_steps must be >= 1, attacker_reset >= 0")
         if self.epochs < 1 or self.batch_size < 2:
             raise AnonfeatError("--epochs must be >= 1 and --batch-size >= 2 (NT-Xent needs negatives)")
         if self.temperature <= 0:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anonfeat import comm
+from anonfeat.adapter.adversary import AttackerEnsemble
 from anonfeat.adapter.data import VideoFeatures, read_training_features
 from anonfeat.adapter.io import save_adapter
 from anonfeat.adapter.leace import fit_leace
@@ -89,6 +90,7 @@ class _Batch:
         idx = torch.tensor(index)
         self.targets = {t: v[idx].to(device) for t, v in data.task_targets.items()}
         self.attributes = data.attributes[idx].to(device)
+        self.index = idx.to(device)
 
 
 class AdapterTrainer:
@@ -110,6 +112,16 @@ class AdapterTrainer:
         self.privacy_head = build_attacker("mlp", dim, max(n_attr, 1))
         for module in (self.adapter, self.heads, self.privacy_head):
             module.to(device)
+        self.adversary = None
+        if self.use_attributes and options.attr_loss == "adversary":
+            self.adversary = AttackerEnsemble(dim, n_attr, options.attackers, options.attacker_steps,
+                                              options.attacker_reset, seed=options.seed).to(device)
+            self.base_rate = data.attributes.mean(0).clamp(1e-3, 1 - 1e-3).to(device)
+            # Each training video's fold: attacker k never fits fold k and alone judges it.
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(options.seed))
+            self.folds = torch.empty(len(data), dtype=torch.long)
+            self.folds[order] = torch.arange(len(data)) % options.attackers
+            self.folds = self.folds.to(device)
 
     def _sanitize(self, z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """The adapter on a batch of standardized sequences. Under torch.distributed each rank runs
@@ -148,13 +160,26 @@ class AdapterTrainer:
                     privacy = privacy + nt_xent(clip_a[paired], clip_b[paired], o.temperature)
                 privacy = privacy + nt_xent(s_out[:, 0], clip_a, o.temperature)
         terms["ntxent"] = privacy
-        if self.use_attributes and o.attr_loss == "decorrelate":
-            # Per view (the audit's two attackers), every clip row carries its video's attributes.
-            per_clip = batch.attributes[:, None].expand(*valid.shape, -1)[valid]
-            per_static = batch.attributes[:, None].expand(*s_out.shape[:2], -1).reshape(-1, batch.attributes.shape[1])
+        if not self.use_attributes:
+            return terms
+        # Per view (the audit's two attackers), every clip row carries its video's attributes.
+        per_clip = batch.attributes[:, None].expand(*valid.shape, -1)[valid]
+        per_static = batch.attributes[:, None].expand(*s_out.shape[:2], -1).reshape(-1, batch.attributes.shape[1])
+        if self.adversary is not None:
+            rows = torch.cat([s_out.reshape(-1, s_out.shape[-1]), z_out[valid]])
+            targets = torch.cat([per_static, per_clip])
+            fold = self.folds[batch.index]
+            folds = torch.cat([fold[:, None].expand(*s_out.shape[:2]).reshape(-1), fold[:, None].expand(valid.shape)[valid]])
+            terms["attacker_bce"] = torch.tensor(self.adversary.update(rows, targets, folds))
+            terms["attr"] = self.adversary.privacy_loss(rows, folds, self.base_rate)
+            if o.linear_guard:  # no linear signal left in either view, however few videos the attackers see
+                terms["attr"] = terms["attr"] + (
+                    attribute_correlation(s_out.reshape(-1, s_out.shape[-1]), per_static)
+                    + attribute_correlation(z_out[valid], per_clip))
+        elif o.attr_loss == "decorrelate":
             terms["attr"] = (attribute_correlation(s_out.reshape(-1, s_out.shape[-1]), per_static)
                              + attribute_correlation(z_out[valid], per_clip))
-        elif self.use_attributes:
+        else:
             weight = grl_weight(progress)
             video_repr = torch.cat([_masked_mean(z_out, valid), s_out[:, 0]])
             logits = self.privacy_head(reverse_gradient(video_repr, weight))
