@@ -6,7 +6,7 @@ Heavy modules (torch, PyAV) are imported on first use so `anonfeat --version` st
 
 from __future__ import annotations
 
-import importlib
+from anonfeat._lazy import lazy_getattr
 
 from anonfeat._version import __version__
 
@@ -34,8 +34,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'anonfeat' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

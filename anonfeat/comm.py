@@ -16,7 +16,7 @@ import datetime
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from anonfeat.errors import AnonfeatError
 
@@ -140,6 +140,19 @@ def shutdown(ctx: DistContext) -> None:
     ctx.groups.clear()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+T = TypeVar("T")
+
+
+def run_in_group(pick_device: DevicePicker, run: Callable[..., T], *args: Any) -> T:
+    """`run(ctx, *args)` inside the launcher's process group (one process without a launcher),
+    leaving the group afterwards even when `run` raises: the trainers' entry points."""
+    ctx = init_from_env(pick_device)
+    try:
+        return run(ctx, *args)
+    finally:
+        shutdown(ctx)
 
 
 # -- small-object collectives (no-ops for one process) ----------------------------------------

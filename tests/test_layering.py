@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "anonfeat"
 
 # Lowest first. A part may import itself and the parts of lower layers, nothing else.
 LAYERS = [
-    {"errors", "_version"},
+    {"errors", "_version", "_lazy"},
     {"comm", "hooks", "heap", "progress", "options", "device", "modelfile", "paths"},
     {"video"},  # decoding; the frame resize an encoder family asks for (video.resize) lives here
     {"encoders", "labels", "nn", "training", "probes"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from anonfeat._lazy import lazy_getattr
 
 _LAZY = {
     "AdapterTrainOptions": "anonfeat.adapter.options",
@@ -16,8 +16,4 @@ _LAZY = {
 }
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'anonfeat.adapter' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -360,11 +360,8 @@ def train_adapter(store: str | Path, labels: str | Path, out: str | Path,
     options = with_overrides(options, AdapterTrainOptions, overrides)
     options.validate()
     check_outputs({"--out": out}, {"STORE": store, "--labels": labels})  # before any process group starts
-    ctx = comm.init_from_env(partial(rank_device, options.device))  # torchrun: DDP over the ranks
-    try:
-        return _train_adapter(ctx, store, labels, out, options)
-    finally:
-        comm.shutdown(ctx)
+    # torchrun: DDP over the ranks
+    return comm.run_in_group(partial(rank_device, options.device), _train_adapter, store, labels, out, options)
 
 
 def _train_adapter(ctx: DistContext, store: str | Path, labels: str | Path, out: str | Path,

@@ -10,7 +10,7 @@ A linear probe measures utility on the same splits and seeds.
 
 from __future__ import annotations
 
-import importlib
+from anonfeat._lazy import lazy_getattr
 
 # Loaded on first use, so the CLI reads AuditOptions (anonfeat.audit.options) without importing torch.
 _LAZY = {
@@ -25,8 +25,4 @@ _LAZY = {
 }
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'anonfeat.audit' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

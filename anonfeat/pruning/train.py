@@ -253,11 +253,8 @@ def train_pruner(source: str | Path, labels: str | Path, out: str | Path,
     options = with_overrides(options, PrunerTrainOptions, overrides)
     options.validate()
     check_outputs({"--out": out}, {"VIDEOS": source, "--labels": labels, "--checkpoint": options.checkpoint})
-    ctx = comm.init_from_env(partial(rank_device, options.device))  # torchrun: DDP over the ranks
-    try:
-        return _train_pruner(ctx, source, labels, out, options)
-    finally:
-        comm.shutdown(ctx)
+    # torchrun: DDP over the ranks
+    return comm.run_in_group(partial(rank_device, options.device), _train_pruner, source, labels, out, options)
 
 
 def _train_pruner(ctx: DistContext, source: str | Path, labels: str | Path, out: str | Path,
