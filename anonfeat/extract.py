@@ -101,6 +101,7 @@ class ExtractResult:
                 "skipped": list(self.skipped), "failed": dict(self.failed), "clips": self.clips,
                 "seconds": round(self.seconds, 3), "decode_wait_s": round(self.decode_wait_s, 3),
                 "device_wait_s": round(self.device_wait_s, 3), "warnings": list(self.warnings),
+                "decoder": self.decoder, "decoder_fallbacks": list(self.decoder_fallbacks),
                 "exit_code": self.exit_code}
 
 

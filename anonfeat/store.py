@@ -753,10 +753,14 @@ def _lock_for_writing(path: Path) -> int:
         raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise AnonfeatError(f"{path}: another process is writing this store (it holds {lock_path}); wait for it "
-                            "to finish or write to another --out") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise AnonfeatError(f"{path}: another process is writing this store (it holds {lock_path}); wait for "
+                                "it to finish or write to another --out") from None
+        # ENOSYS/EOPNOTSUPP/ENOLCK: a filesystem without flock (e.g. Lustre mounted without flock)
+        raise AnonfeatError(f"{path}: cannot lock {lock_path.name} on this filesystem ({exc.strerror}); write the "
+                            "store to a filesystem that supports flock (e.g. local disk) or mount with flock") from None
     return fd
 
 
