@@ -14,15 +14,15 @@
 #
 # The adapters and the pruners train in two processes side by side (one core each).
 #
-#   bash scripts/evaluate.sh [OUT]        # about 45 minutes on 2 CPU cores
+#   bash scripts/evaluate.sh [OUT]        # about 30 minutes on 2 CPU cores
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 OUT="${1:-evaluation}"
 SEED="${EVAL_SEED:-11}"
-VIDEOS="${EVAL_VIDEOS:-300}"
+VIDEOS="${EVAL_VIDEOS:-480}"
 SEEDS="${EVAL_TRAIN_SEEDS:-0 1 2}"
-PRUNER_EPOCHS="${EVAL_PRUNER_EPOCHS:-10}"  # train-pruner's default is 30: 3x longer than this run can take on 2 cores
-SWEEP="${EVAL_SWEEP:-0.1 0.3 3}"              # multiples of the supervised adapter's default privacy weight
-SWEEP_SEEDS="${EVAL_SWEEP_SEEDS:-0}"          # (x1 is the aam-attributes row, trained with every seed)
+PRUNER_EPOCHS="${EVAL_PRUNER_EPOCHS:-30}"  # train-pruner's default
+SWEEP="${EVAL_SWEEP:-0.1 0.3 3 10}"          # multiples of the supervised adapter's default privacy weight
+SWEEP_SEEDS="${EVAL_SWEEP_SEEDS:-$SEEDS}"     # (x1 is the aam-attributes row)
 ATTRS="dark_skin,striped_shirt,long_hair,hat"
 SAMPLING=(--frame-stride 2 --clip-stride 8 --static-clips 4)
 RESULTS="examples/results"
