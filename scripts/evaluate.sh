@@ -8,8 +8,8 @@
 #   * every anonymizer trained with 3 seeds (0, 1, 2); every audit with 3 attacker seeds;
 #   * the closed-form LEACE eraser as the baseline every trained anonymizer is compared with.
 #
-# Writes its stores under OUT (default evaluation/) and the figures under examples/results/:
-# evaluation.json (every store, every seed, mean ± std per method), evaluation.md (the tables the README
+# Writes its stores under OUT (default evaluation/) and the figures under examples/results/: audit.json
+# (the audit's output), evaluation.json (every store, every seed, mean ± std per method), evaluation.md (the tables the README
 # quotes) and privacy_utility.png (the privacy-weight sweep).
 #
 # The adapters and the pruners train in two processes side by side (one core each).
@@ -99,6 +99,7 @@ stores=()
 for f in "$OUT"/stores/*.h5; do [ "$(basename "$f")" = raw.h5 ] || stores+=("$f"); done
 anonfeat audit "${stores[@]}" --baseline "$OUT/stores/raw.h5" -l "$LABELS" --attributes "$ATTRS" "${TASKS[@]}" \
     --seeds 3 --json "$OUT/audit.json" -q >/dev/null
-python scripts/evaluate_report.py "$OUT/audit.json" --bench-seed "$SEED" --videos "$VIDEOS" \
+cp "$OUT/audit.json" "$RESULTS/audit.json"  # the audit's own JSON, every store and seed
+python scripts/evaluate_report.py "$RESULTS/audit.json" --bench-seed "$SEED" --videos "$VIDEOS" \
     --pruner-epochs "$PRUNER_EPOCHS" --default-w-attr "$DEFAULT_W" --out "$RESULTS"
 log "done: $RESULTS/evaluation.json, evaluation.md, privacy_utility.png"

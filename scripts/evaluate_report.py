@@ -124,7 +124,8 @@ def main() -> None:
     raw_cells = ["raw features", f"{raw['cmap']:.3f}", f"{raw['static_cmap']:.3f}", f"{raw['clip_cmap']:.3f}",
                  "–", f"{raw['top1_action']:.3f}", "–", *(f"{raw[f'top1_{t}']:.3f}" for t in unseen)]
     lines.append("| " + " | ".join(raw_cells) + " |")
-    order = [m for m in METHOD_LABELS if m in methods] + sorted(m for m in methods if m.startswith("sweep"))
+    order = [m for m in METHOD_LABELS if m in methods] + sorted(
+        (m for m in methods if m.startswith("sweep-w")), key=lambda m: float(m[len("sweep-w"):]))
     for m in order:
         s = methods[m]
         label = METHOD_LABELS.get(m, m.replace("sweep-w", "AAM attributes, `--w-attr ") + ("`" if "sweep" in m else ""))
