@@ -47,6 +47,8 @@ def check_outputs(outputs: Mapping[str, PathLike | None], inputs: Mapping[str, P
     for flag, out in outputs.items():
         if out is None:
             continue
+        if flag in folders:
+            check_writable_folder(out, flag)
         for name, source in inputs.items():
             if source is None:
                 continue
@@ -97,6 +99,23 @@ def check_writable_file(path: PathLike, flag: str) -> None:
         if not os.access(path, os.W_OK):
             raise AnonfeatError(f"{path}: {flag} cannot be written (permission denied); choose another path")
         return
+    _check_creatable(path, flag)
+
+
+def check_writable_folder(path: PathLike, flag: str) -> None:
+    """The same for an output folder: not an existing file, and writable or creatable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AnonfeatError(f"{path}: {flag} is a file, not a folder; give a folder path")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise AnonfeatError(f"{path}: {flag} cannot be written (permission denied); choose another folder")
+        return
+    _check_creatable(path, flag)
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """The nearest existing folder above `path` must be a folder we may write in (it is created later)."""
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
