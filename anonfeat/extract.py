@@ -29,7 +29,7 @@ from anonfeat.heap import HeapTrimmer
 from anonfeat.options import ExtractOptions, with_overrides
 from anonfeat.paths import check_outputs
 from anonfeat.progress import RichBar
-from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
+from anonfeat.store import FeatureStore, StoreHeader, VideoRecord, finite_in
 from anonfeat.video.decoders import DecoderBackend, select_decoder
 from anonfeat.video.discover import VideoItem, check_keys, find_videos
 from anonfeat.video.resize import PilResize
@@ -342,10 +342,7 @@ def _run(videos: list[VideoItem], job: ClipJob, sampling: Sampling, options: Ext
             clip_feats, static_feats = job.transform(clip_feats, static_feats)
         start = video.start
         stored = np.dtype(options.dtype)
-        with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
-            finite = all(np.isfinite(x.numpy().astype(stored)).all()
-                         for x in (clip_feats, static_feats) if x is not None)
-        if not finite:
+        if not all(finite_in(x.numpy(), stored) for x in (clip_feats, static_feats) if x is not None):
             error = (f"the model produced NaN or Inf features (in {stored}); nothing of this video was written: "
                      "check the model file, or use --dtype float32 if values overflow float16")
             writer.fail(key, error, str(start.source))

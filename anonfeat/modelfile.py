@@ -89,8 +89,3 @@ def check_state_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], p
         parts += [f"missing {k}" for k in missing[:4]] + [f"unexpected {k}" for k in unexpected[:4]]
         raise AnonfeatError(f"{path}: {what} tensors do not fit its config: {'; '.join(parts)}")
 
-
-def load_checked_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """Load `state` into `model` strictly; wrong shapes, missing or extra tensors are named."""
-    check_state_shapes(model, state, path, what)
-    model.load_state_dict(state)

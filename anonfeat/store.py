@@ -379,9 +379,7 @@ class FeatureStore:
         hooks.fire("write", record.key)
         dtype = np.dtype(self.header.dtype)
         for name, values in (("clip_features", record.clip_features), ("static_features", record.static_features)):
-            with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
-                finite = values is None or np.isfinite(np.asarray(values).astype(dtype)).all()
-            if not finite:
+            if values is not None and not finite_in(values, dtype):
                 raise AnonfeatError(f"{self.path}: video {record.key!r}: {name} hold NaN or Inf in {dtype} (the "
                                     "model or adapter produced them, or values beyond the dtype's range); nothing "
                                     "of it was written: check the model file, or use --dtype float32")
@@ -737,6 +735,11 @@ def _check_structure(handle: h5py.File, path: Path) -> None:
         raise AnonfeatError(f"{path}: /{name} is {kind} link to {target}; a store never links outside its own "
                             "objects (crafted or damaged file): extract into a new --out")
 
+
+def finite_in(values: np.ndarray, dtype: np.dtype | str) -> bool:
+    """True when `values` hold no NaN or Inf once stored as `dtype` (an overflow of float16 counts)."""
+    with np.errstate(over="ignore"):  # an overflow to Inf is what is being detected
+        return bool(np.isfinite(np.asarray(values).astype(dtype)).all())
 
 def _lock_for_writing(path: Path) -> int:
     """An exclusive lock on PATH.lock held while the store is open for writing, independent of HDF5's own

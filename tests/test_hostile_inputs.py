@@ -239,12 +239,18 @@ def test_labels_with_unknown_videos_are_counted_not_fatal(tmp_path):
     ("video,split,action,face\nv,train,run,yes\nw,test,run,maybe\n", "is 'maybe', not 0/1"),
     ("video,split,face\nv,train,1\nw,test,0\n", "missing column(s) action"),
     ("video,split,action,face\nv,train,run,1,extra\nw,test,run,0\n", "line 2 has"),
+    ("video,split,action,face\nvidéo.mp4,train,run,1\nb.mp4,test,walk,0\n".encode("latin-1"),
+     "not UTF-8 (byte 0xe9 on line 2); save it as UTF-8"),
+    (("video,split,action,face\n" + "x" * 140000 + ".mp4,train,run,1\nb.mp4,test,walk,0\n").encode(),
+     "line 2 cannot be read as CSV (field larger than field limit"),
+    (b"video,split,action,face,action\na.mp4,train,run,1,walk\nb.mp4,test,walk,0,run\n",
+     "column 'action' appears 2 times"),
 ])
 def test_bad_labels_give_one_clear_line(tmp_path, content, needle):
     from anonfeat.labels import load_labels
 
     path = tmp_path / "labels.csv"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(AnonfeatError) as info:
         load_labels(path)
     assert needle in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)

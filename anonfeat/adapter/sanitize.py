@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from anonfeat.adapter.io import LoadedAdapter, load_adapter
 from anonfeat.adapter.model import sanitize_features
 from anonfeat.device import resolve_device
 from anonfeat.errors import AnonfeatError
-from anonfeat.paths import check_outputs
+from anonfeat.paths import check_outputs, same_file
 from anonfeat.progress import RichBar
 from anonfeat.store import FeatureStore, StoreHeader, VideoRecord
 
@@ -82,13 +81,6 @@ class SanitizeResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _sanitize_group(adapter: LoadedAdapter, records: list[VideoRecord]) -> list[VideoRecord]:
     """Sanitize many videos in one padded forward pass: the adapter is batch-independent, and one
     large call costs far less than hundreds of tiny ones."""
@@ -116,7 +108,7 @@ def sanitize_store(raw: str | Path, adapter: str | Path, out: str | Path, device
                    progress: bool = True, compression: str | None = None, group_size: int = 128) -> SanitizeResult:
     """Pass every video's clip and static features through the adapter into a new store (resumable)."""
     raw, out = Path(raw), Path(out)
-    if _same_file(raw, out) or raw.resolve() == out.resolve():
+    if same_file(raw, out):  # also through a symlink, a hard link or `..`
         raise AnonfeatError(f"{out}: is the raw store itself; write sanitized features to another --out")
     check_outputs({"--out": out}, {"--adapter": adapter})
     loaded = load_adapter(adapter, resolve_device(device))
