@@ -159,7 +159,8 @@ def load_labels(path: str | Path, tasks: Sequence[str] = ("action",), attributes
     tasks: utility columns (class names); without an ``action`` column the first one stratifies a
         derived split.
     split_seed: seed of the derived split when the labels have no split column (`stratified_split`).
-    attributes: private binary columns; None takes every other column (CSV) or the default set.
+    attributes: private binary columns; None takes every other column holding 0/1 values (CSV) or the
+        default set.
     keep: extra columns kept as raw strings in `Labels.columns` (e.g. a bias grouping column); a kept
         column that is not binary is left out of the default attributes instead of being an error.
     require_attributes: refuse labels without private attributes (audits need them; trainers with a
@@ -202,7 +203,10 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
     reserved = {VIDEO, SPLIT, *tasks}
     if attributes is None:
         pool = default_attributes if default_attributes is not None else columns
-        attributes = [c for c in pool if c not in reserved and not (c in keep and not _is_binary(rows, c))]
+        # A column of class names (no 0/1 value at all, e.g. synth's `tempo`) is a task, not an attribute;
+        # one with a stray non-0/1 value stays an attribute and is refused below, naming the value.
+        attributes = [c for c in pool if c not in reserved and not (c in keep and not _is_binary(rows, c))
+                      and any(_parse_binary(r[c]) is not None for r in rows)]
     else:
         attributes = list(attributes)
         unknown = [c for c in attributes if c not in columns]

@@ -26,7 +26,8 @@ from anonfeat.video.writer import write_video  # noqa: F401  (re-exported: tests
 
 ATTRIBUTES = ("dark_skin", "striped_shirt", "long_hair", "hat")
 ACTIONS = ("walk_left", "walk_right", "jump", "wave", "squat")
-LABEL_COLUMNS = ("video", "split", "action", *ATTRIBUTES)
+LABEL_COLUMNS = ("video", "split", "action", *ATTRIBUTES, "tempo")
+TEMPOS = ("slow", "fast")  # a utility task no anonymizer trains on: the action's pace, from motion alone
 PARTS = ("head", "arms", "hair", "hat", "shirt", "pants")
 
 # Skin tone class centres (RGB); a per-video jitter keeps the classes apart but not constant.
@@ -429,7 +430,9 @@ def make_benchmark(
     Actions are balanced and attributes are fair independent coins, so a probe that beats
     chance on an attribute learned it from appearance, not from a correlation with the
     action. The same seed gives byte-identical labels and identical rendered frames.
-    The split column holds train, attacker and test (`fractions` of each action, default 50/25/25),
+    The tempo column (slow/fast: the lower or upper half of the action's pace range, the video's own
+    nuisance draw) is an unseen utility task for `audit --task tempo`; it is not a 0/1 column, so it is
+    never a default private attribute. The split column holds train, attacker and test (`fractions` of each action, default 50/25/25),
     drawn by `anonfeat.labels.stratified_split` with the same seed.
     """
     if n_videos < 1:
@@ -444,8 +447,9 @@ def make_benchmark(
     rows = []
     for i in range(n_videos):
         rel = f"{actions[i]}/{i:06d}.mp4"
+        pace = _draw_nuisance(np.random.default_rng(int(video_seeds[i])), size, n_frames).freq
         rows.append({"video": rel, "split": split[i], "action": actions[i],
-                     **{a: int(v) for a, v in zip(ATTRIBUTES, attrs[i])}})
+                     **{a: int(v) for a, v in zip(ATTRIBUTES, attrs[i])}, "tempo": TEMPOS[int(pace >= 0.5)]})
 
     def render_one(i: int) -> None:
         row = rows[i]

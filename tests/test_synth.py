@@ -14,7 +14,7 @@ import pytest
 
 decord = pytest.importorskip("decord")
 
-from anonfeat.labels import stratified_split  # noqa: E402
+from anonfeat.labels import load_labels, stratified_split  # noqa: E402
 from anonfeat.synth import (  # noqa: E402
     ACTIONS,
     ATTRIBUTES,
@@ -41,9 +41,14 @@ def test_make_benchmark_layout(tmp_path: Path) -> None:
     labels = make_benchmark(tmp_path / "bench", n_videos=15, size=(64, 64), n_frames=16, seed=3)
     assert labels == tmp_path / "bench" / "labels.csv"
     header = labels.read_text().splitlines()[0]
-    assert header == "video,split,action,dark_skin,striped_shirt,long_hair,hat"
+    assert header == "video,split,action,dark_skin,striped_shirt,long_hair,hat,tempo"
     rows = _rows(labels)
     assert len(rows) == 15
+    assert {r["tempo"] for r in rows} == {"slow", "fast"}
+    # tempo is an unseen task (class names), never a default private attribute
+    loaded = load_labels(labels, tasks=("action", "tempo"))
+    assert list(loaded.attributes) == list(ATTRIBUTES) == list(load_labels(labels).attributes)
+    assert set(loaded.tasks["tempo"]) == {"slow", "fast"}
     for split in ("train", "attacker", "test"):  # three splits, each action in each
         assert {r["action"] for r in rows if r["split"] == split} == set(ACTIONS)
     # the split is the one every command derives from these actions and seed
@@ -189,6 +194,6 @@ def test_synth_cli_writes_benchmark(tmp_path):
                            "--size", "48", "--frames", "8", "--seed", "2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "b" / "labels.csv").read_text().splitlines()
-    assert lines[0] == "video,split,action,dark_skin,striped_shirt,long_hair,hat" and len(lines) == 6
+    assert lines[0] == "video,split,action,dark_skin,striped_shirt,long_hair,hat,tempo" and len(lines) == 6
     assert {line.split(",")[1] for line in lines[1:]} == {"train", "attacker", "test"}
     assert len(list((tmp_path / "b" / "videos").rglob("*.mp4"))) == 5
