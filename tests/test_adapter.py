@@ -105,9 +105,16 @@ def quick(**kw) -> AdapterTrainOptions:
     return AdapterTrainOptions(**base)
 
 
-def test_train_adapter_writes_a_self_describing_file(bench):
+@pytest.fixture(scope="module")
+def quick_adapter(bench):
+    """One adapter trained with `quick()` on the bench, shared by the tests that only read or apply it."""
     root, labels, raw, _ = bench
-    report = train_adapter(raw, labels, root / "a.safetensors", quick())
+    return train_adapter(raw, labels, root / "a.safetensors", quick())
+
+
+def test_train_adapter_writes_a_self_describing_file(bench, quick_adapter):
+    root, labels, raw, _ = bench
+    report = quick_adapter
     n_train = sum(line.split(",")[1] == "train" for line in labels.read_text().splitlines()[1:])
     assert report.train_videos + report.val_videos == n_train < 20  # the train split only
     assert report.val_videos >= 2
@@ -154,9 +161,9 @@ def test_supervised_privacy_loss_runs(bench):
         AdapterTrainOptions(attr_loss="nope").validate()
 
 
-def test_sanitize_and_extract_with_adapter_agree_and_leak_no_raw_features(bench):
+def test_sanitize_and_extract_with_adapter_agree_and_leak_no_raw_features(bench, quick_adapter):
     root, labels, raw, opts = bench
-    adapter = train_adapter(raw, labels, root / "b.safetensors", quick()).adapter
+    adapter = quick_adapter.adapter
     sanitized = root / "sanitized.h5"
     sanitize_store(raw, adapter, sanitized, progress=False)
     direct = root / "direct.h5"
@@ -179,9 +186,9 @@ def test_sanitize_and_extract_with_adapter_agree_and_leak_no_raw_features(bench)
         raw_file.close()
 
 
-def test_sanitize_refuses_the_raw_path_and_foreign_stores(bench, tmp_path):
+def test_sanitize_refuses_the_raw_path_and_foreign_stores(bench, quick_adapter, tmp_path):
     root, labels, raw, opts = bench
-    adapter = train_adapter(raw, labels, root / "c.safetensors", quick()).adapter
+    adapter = quick_adapter.adapter
     with pytest.raises(AnonfeatError, match="raw store itself"):
         sanitize_store(raw, adapter, raw, progress=False)
     other = tmp_path / "other.h5"  # features of another encoder (different weights)

@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -37,7 +35,7 @@ from anonfeat.store import FeatureStore
 from anonfeat.synth import write_video
 from anonfeat.video.discover import VideoItem
 from anonfeat.video.resize import PilResize
-from conftest import moving_frames
+from conftest import forked_cli, moving_frames
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -117,11 +115,6 @@ def one_line_error(call) -> str:
     return message
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "anonfeat", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
 # ---------------------------------------------------------------- Hub ids
 def test_hub_ids_are_org_name_with_an_optional_revision_and_never_an_existing_path(tmp_path, monkeypatch):
     assert parse_hub_id("MCG-NJU/videomae-base") == HubId("MCG-NJU/videomae-base")
@@ -199,8 +192,8 @@ def test_cli_takes_hub_ids_and_reports_a_cache_miss_in_one_line(hf_saved, offlin
     assert ok.exit_code == 0, ok.output
     with FeatureStore(out) as store:
         assert store.header.checkpoint_sha256 == hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
-    missing = run_cli("extract", str(videos), "--out", str(tmp_path / "x.h5"),
-                      "--checkpoint", "test-org/not-cached", "--no-progress", env=env)
+    missing = forked_cli(["extract", str(videos), "--out", str(tmp_path / "x.h5"), "--checkpoint", "test-org/not-cached",
+                          "--no-progress"], tmp_path, setup=lambda: os.environ.update(env))
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "test-org/not-cached" in missing.stderr
     assert not (tmp_path / "x.h5").exists()

@@ -144,6 +144,7 @@ def _json_alone(result) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.integration  # all ten commands end to end, from extract to bench
 def test_every_command_writes_json_alone_on_stdout(bench_dir, monkeypatch):
     root = bench_dir
     videos, labels = root / "bench" / "videos", root / "bench" / "labels.csv"

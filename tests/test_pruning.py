@@ -23,7 +23,7 @@ from anonfeat.pruning.scoring import (default_prune_blocks, fuse_pruned, keep_co
                                       tubelet_scores)
 from anonfeat.synth import make_benchmark, write_video
 from anonfeat.video.sampling import Sampling
-from tests.conftest import moving_frames
+from tests.conftest import forked_cli, moving_frames
 
 DEMO = "videomae-demo"
 
@@ -712,8 +712,8 @@ def test_prune_rebuilds_its_source_from_the_recorded_checkpoint(tmp_path: Path, 
     one.mkdir()
     (one / "wide.mp4").write_bytes((aligned_videos / "wide.mp4").read_bytes())
     moved = weights.rename(tmp_path / "moved.safetensors")
-    done = subprocess.run([sys.executable, "-m", "anonfeat", "prune", str(one), "--pruner", str(path), "--out",
-                           str(tmp_path / "p.h5"), "--no-progress", "--workers", "0"], capture_output=True, text=True)
+    done = forked_cli(["prune", str(one), "--pruner", str(path), "--out", str(tmp_path / "p.h5"), "--no-progress",
+                       "--workers", "0"], tmp_path)
     message = done.stderr.strip()
     assert done.returncode == 2 and len(message.splitlines()) == 1 and "Traceback" not in done.stdout + message
     assert str(weights.resolve()) in message and "--checkpoint" in message and not (tmp_path / "p.h5").exists()

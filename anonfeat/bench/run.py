@@ -220,7 +220,7 @@ def sanitize_throughput(store: Path, device: torch.device, min_seconds: float = 
             if isinstance(module, torch.nn.Linear):
                 torch.nn.init.normal_(module.weight, std=0.02)
     every = torch.cat(feats)
-    adapter.set_statistics(every.mean(0), every.std(0))
+    adapter.set_statistics(every.mean(0), every.std(0) if len(every) > 1 else torch.ones(dim))  # one clip: no spread
     adapter = adapter.to(device)
     groups = [feats[i:i + group_size] for i in range(0, len(feats), group_size)]
 
