@@ -26,8 +26,11 @@ from anonfeat.video.writer import write_video  # noqa: F401  (re-exported: tests
 
 ATTRIBUTES = ("dark_skin", "striped_shirt", "long_hair", "hat")
 ACTIONS = ("walk_left", "walk_right", "jump", "wave", "squat")
-LABEL_COLUMNS = ("video", "split", "action", *ATTRIBUTES, "tempo")
-TEMPOS = ("slow", "fast")  # a utility task no anonymizer trains on: the action's pace, from motion alone
+LABEL_COLUMNS = ("video", "split", "action", *ATTRIBUTES, "lighting")
+# A utility task no anonymizer trains on: is the scene dim or bright (the background's luma against its
+# median over the nuisance draws, 130)? Like a day/night or indoor/outdoor label, it is not private.
+LIGHTING = ("dim", "bright")
+_LIGHTING_LUMA = 130.0
 PARTS = ("head", "arms", "hair", "hat", "shirt", "pants")
 
 # Skin tone class centres (RGB); a per-video jitter keeps the classes apart but not constant.
@@ -415,6 +418,27 @@ def render_video(
 # --------------------------------------------------------------------------- benchmark
 
 
+def benchmark_rows(n_videos: int, size: tuple[int, int] = (128, 128), n_frames: int = 48,
+                   fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+                   seed: int = 0) -> tuple[list[dict], np.ndarray]:
+    """The label rows `make_benchmark` writes and each video's render seed, without rendering."""
+    if n_videos < 1:
+        raise ValueError(f"n_videos must be >= 1, got {n_videos}")
+    rng = np.random.default_rng(seed)
+    actions = [ACTIONS[int(i) % len(ACTIONS)] for i in rng.permutation(n_videos)]
+    attrs = rng.integers(0, 2, size=(n_videos, len(ATTRIBUTES)))
+    video_seeds = rng.integers(0, 2**62, size=n_videos)
+    split = stratified_split(actions, seed, fractions)
+    rows = []
+    for i in range(n_videos):
+        rel = f"{actions[i]}/{i:06d}.mp4"
+        background = _draw_nuisance(np.random.default_rng(int(video_seeds[i])), size, n_frames).bg
+        bright = float(background @ np.array([0.299, 0.587, 0.114])) >= _LIGHTING_LUMA
+        rows.append({"video": rel, "split": split[i], "action": actions[i],
+                     **{a: int(v) for a, v in zip(ATTRIBUTES, attrs[i])}, "lighting": LIGHTING[int(bright)]})
+    return rows, video_seeds
+
+
 def make_benchmark(
     out_dir: str | Path,
     n_videos: int = 60,
@@ -430,26 +454,13 @@ def make_benchmark(
     Actions are balanced and attributes are fair independent coins, so a probe that beats
     chance on an attribute learned it from appearance, not from a correlation with the
     action. The same seed gives byte-identical labels and identical rendered frames.
-    The tempo column (slow/fast: the lower or upper half of the action's pace range, the video's own
-    nuisance draw) is an unseen utility task for `audit --task tempo`; it is not a 0/1 column, so it is
-    never a default private attribute. The split column holds train, attacker and test (`fractions` of each action, default 50/25/25),
+    The lighting column (dim/bright: the background's luma, from the video's own nuisance draw) is an
+    unseen utility task for `audit --task lighting`; it is not a 0/1 column, so it is never a default
+    private attribute. The split column holds train, attacker and test (`fractions` of each action, default 50/25/25),
     drawn by `anonfeat.labels.stratified_split` with the same seed.
     """
-    if n_videos < 1:
-        raise ValueError(f"n_videos must be >= 1, got {n_videos}")
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
-    actions = [ACTIONS[int(i) % len(ACTIONS)] for i in rng.permutation(n_videos)]
-    attrs = rng.integers(0, 2, size=(n_videos, len(ATTRIBUTES)))
-    video_seeds = rng.integers(0, 2**62, size=n_videos)
-    split = stratified_split(actions, seed, fractions)
-
-    rows = []
-    for i in range(n_videos):
-        rel = f"{actions[i]}/{i:06d}.mp4"
-        pace = _draw_nuisance(np.random.default_rng(int(video_seeds[i])), size, n_frames).freq
-        rows.append({"video": rel, "split": split[i], "action": actions[i],
-                     **{a: int(v) for a, v in zip(ATTRIBUTES, attrs[i])}, "tempo": TEMPOS[int(pace >= 0.5)]})
+    rows, video_seeds = benchmark_rows(n_videos, size, n_frames, fractions, seed)
 
     def render_one(i: int) -> None:
         row = rows[i]

@@ -33,7 +33,7 @@ log "synth: $VIDEOS videos, seed $SEED, train/attacker/test split"
 [ -f "$OUT/bench/labels.csv" ] || anonfeat synth "$OUT/bench" --videos "$VIDEOS" --frames 48 --seed "$SEED" -q
 LABELS="$OUT/bench/labels.csv"
 TASKS=(--task action)
-TASKS+=(--task tempo)  # synth's slow/fast pace: a task no anonymizer trains on
+TASKS+=(--task lighting)  # synth's dim/bright scene: a task no anonymizer trains on
 
 log "extract: raw videomae-demo features"
 anonfeat extract "$OUT/bench/videos" --out "$OUT/stores/raw.h5" --encoder videomae-demo "${SAMPLING[@]}" \

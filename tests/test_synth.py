@@ -41,23 +41,27 @@ def test_make_benchmark_layout(tmp_path: Path) -> None:
     labels = make_benchmark(tmp_path / "bench", n_videos=15, size=(64, 64), n_frames=16, seed=3)
     assert labels == tmp_path / "bench" / "labels.csv"
     header = labels.read_text().splitlines()[0]
-    assert header == "video,split,action,dark_skin,striped_shirt,long_hair,hat,tempo"
+    assert header == "video,split,action,dark_skin,striped_shirt,long_hair,hat,lighting"
     rows = _rows(labels)
     assert len(rows) == 15
-    assert {r["tempo"] for r in rows} == {"slow", "fast"}
-    # tempo is an unseen task (class names), never a default private attribute
-    loaded = load_labels(labels, tasks=("action", "tempo"))
+    assert {r["lighting"] for r in rows} == {"dim", "bright"}
+    # lighting is an unseen task (class names), never a default private attribute
+    loaded = load_labels(labels, tasks=("action", "lighting"))
     assert list(loaded.attributes) == list(ATTRIBUTES) == list(load_labels(labels).attributes)
-    assert set(loaded.tasks["tempo"]) == {"slow", "fast"}
+    assert set(loaded.tasks["lighting"]) == {"dim", "bright"}
     for split in ("train", "attacker", "test"):  # three splits, each action in each
         assert {r["action"] for r in rows if r["split"] == split} == set(ACTIONS)
     # the split is the one every command derives from these actions and seed
     assert [r["split"] for r in rows] == stratified_split([r["action"] for r in rows], 3)
+    corner_luma = {"dim": [], "bright": []}
     for r in rows:
         assert r["video"] == f"{r['action']}/{Path(r['video']).name}"
         assert all(r[a] in ("0", "1") for a in ATTRIBUTES)
         frames = _read(tmp_path / "bench" / "videos" / r["video"])
         assert frames.shape == (16, 64, 64, 3)
+        corner_luma[r["lighting"]].append(float((frames[:, :8, :8] @ LUMA).mean()))  # background only
+    # the lighting label is what the decoded video shows
+    assert np.mean(corner_luma["bright"]) > np.mean(corner_luma["dim"]) + 20, corner_luma
 
 
 def test_same_seed_same_labels(tmp_path: Path) -> None:
@@ -194,6 +198,6 @@ def test_synth_cli_writes_benchmark(tmp_path):
                            "--size", "48", "--frames", "8", "--seed", "2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "b" / "labels.csv").read_text().splitlines()
-    assert lines[0] == "video,split,action,dark_skin,striped_shirt,long_hair,hat,tempo" and len(lines) == 6
+    assert lines[0] == "video,split,action,dark_skin,striped_shirt,long_hair,hat,lighting" and len(lines) == 6
     assert {line.split(",")[1] for line in lines[1:]} == {"train", "attacker", "test"}
     assert len(list((tmp_path / "b" / "videos").rglob("*.mp4"))) == 5
