@@ -203,7 +203,7 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
     reserved = {VIDEO, SPLIT, *tasks}
     if attributes is None:
         pool = default_attributes if default_attributes is not None else columns
-        # A column of class names (no 0/1 value at all, e.g. synth's `tempo`) is a task, not an attribute;
+        # A column of class names (no 0/1 value at all, e.g. synth's `lighting`) is a task, not an attribute;
         # one with a stray non-0/1 value stays an attribute and is refused below, naming the value.
         attributes = [c for c in pool if c not in reserved and not (c in keep and not _is_binary(rows, c))
                       and any(_parse_binary(r[c]) is not None for r in rows)]

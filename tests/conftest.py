@@ -149,4 +149,3 @@ def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process group {pgid} still alive after {timeout} s")
-
