@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, required=True)
     parser.add_argument("--pruner-epochs", type=int, required=True)
     parser.add_argument("--default-w-attr", type=float, required=True)
+    parser.add_argument("--no-plot", action="store_true", help="tables and JSON only")
     args = parser.parse_args()
 
     audit = json.loads(args.audit_json.read_text())
@@ -126,9 +127,10 @@ def main() -> None:
     lines.append("| " + " | ".join(raw_cells) + " |")
     order = [m for m in METHOD_LABELS if m in methods] + sorted(
         (m for m in methods if m.startswith("sweep-w")), key=lambda m: float(m[len("sweep-w"):]))
+    order += sorted(m for m in methods if m not in order)  # other candidates (scripts/validate.sh), by name
     for m in order:
         s = methods[m]
-        label = METHOD_LABELS.get(m, m.replace("sweep-w", "AAM attributes, `--w-attr ") + ("`" if "sweep" in m else ""))
+        label = METHOD_LABELS.get(m, m.replace("sweep-w", "AAM attributes, `--w-attr ") + "`" if "sweep" in m else f"`{m}`")
         cells = [label, fmt(s["cmap"]), fmt(s["static_cmap"]), fmt(s["clip_cmap"]), fmt(s["leakage_removed"], 2),
                  fmt(s["top1_action"]), fmt(s["drop_action"], 1, 100), *(fmt(s[f"top1_{t}"]) for t in unseen)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -155,7 +157,7 @@ def main() -> None:
         if w is not None:
             sweep.append((w, m))
     sweep.sort()
-    if sweep:
+    if sweep and not args.no_plot:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for task, marker in zip(tasks, "os^v"):
             x = [methods[m]["leakage_removed"]["mean"] for _, m in sweep]
