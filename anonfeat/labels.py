@@ -97,6 +97,9 @@ class Labels:
     split_generated: bool = False
     split_seed: int | None = None  # the seed of a derived split (None: the split came from the labels)
     split_strata: str | None = None  # the column a derived split was stratified on
+    # Columns left out of the default attributes because they hold class names, not 0/1 (e.g. synth's
+    # `lighting`, or a `gender` column of words): the audit names them so none is dropped unseen.
+    class_columns: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -201,12 +204,15 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
     if unknown_keep:
         raise AnonfeatError(f"{path}: no column {', '.join(unknown_keep)}; choose among {', '.join(columns)}")
     reserved = {VIDEO, SPLIT, *tasks}
+    class_columns: list[str] = []
     if attributes is None:
         pool = default_attributes if default_attributes is not None else columns
-        # A column of class names (no 0/1 value at all, e.g. synth's `lighting`) is a task, not an attribute;
-        # one with a stray non-0/1 value stays an attribute and is refused below, naming the value.
-        attributes = [c for c in pool if c not in reserved and not (c in keep and not _is_binary(rows, c))
-                      and any(_parse_binary(r[c]) is not None for r in rows)]
+        # A column of class names (no 0/1 value at all, e.g. synth's `lighting`) is not a default attribute
+        # (it is recorded in class_columns); one with a stray non-0/1 value stays an attribute and is
+        # refused below, naming the value.
+        candidates = [c for c in pool if c not in reserved and not (c in keep and not _is_binary(rows, c))]
+        class_columns = [c for c in candidates if all(_parse_binary(r[c]) is None for r in rows)]
+        attributes = [c for c in candidates if c not in class_columns]
     else:
         attributes = list(attributes)
         unknown = [c for c in attributes if c not in columns]
@@ -261,6 +267,7 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
         split_generated=generated,
         split_seed=split_seed if generated else None,
         split_strata=strata,
+        class_columns=class_columns,
     )
 
 

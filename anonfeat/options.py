@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from anonfeat.errors import AnonfeatError
 
@@ -167,6 +167,13 @@ def checkpoint_option() -> Any:
 def decoder_option() -> Any:
     return option("auto", "Video decoding: cpu (PyAV), gpu (NVDEC; not in this build) or auto (gpu when the device "
                           "is CUDA and the gpu decoder is installed, else cpu).", choices=DECODERS)
+
+
+def attributes_option(purpose: str = "Private attribute columns") -> Any:
+    """--attributes A,B,C; the default set is labels.load_labels's: every 0/1 column but video, split
+    and the tasks (columns of class names are left out and named by the audit)."""
+    return option(None, f"{purpose} a,b,c (default: every 0/1 label column but video, split and tasks).",
+                  cli_type=Optional[str], parse=comma_list, metavar="A,B,C")
 
 
 def split_seed_option() -> Any:

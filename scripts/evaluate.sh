@@ -25,17 +25,11 @@ PRUNER_EPOCHS="${EVAL_PRUNER_EPOCHS:-30}"  # train-pruner's default
 SWEEP="${EVAL_SWEEP:-0.1 0.3 3 10}"          # multiples of the supervised adapter's default privacy weight
 SWEEP_SEEDS="${EVAL_SWEEP_SEEDS:-$SEEDS}"     # (x1 is the aam-attributes row)
 RESULTS="${EVAL_RESULTS:-examples/results}"
-ATTRS="dark_skin,striped_shirt,long_hair,hat"
-SAMPLING=(--frame-stride 2 --clip-stride 8 --static-clips 4)
-ENCODER=(--encoder videomae-demo)
 CHECKPOINT_FLAGS=()
-mkdir -p "$OUT/stores" "$OUT/models" "$RESULTS"
 
-log "synth: $VIDEOS videos, seed $SEED, train/attacker/test split"
-[ -f "$OUT/bench/labels.csv" ] || anonfeat synth "$OUT/bench" --videos "$VIDEOS" --frames 48 --seed "$SEED" -q
-LABELS="$OUT/bench/labels.csv"
+make_bench "$SEED" "$VIDEOS"
 extract_raw
-DEFAULT_W=$(python -c "from anonfeat.adapter.options import AdapterTrainOptions as O; print(O().w_attr)")
+DEFAULT_W=$(default_w_attr)
 
 adapters() {
     local seed factor w

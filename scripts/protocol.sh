@@ -1,11 +1,28 @@
 # Steps shared by scripts/evaluate.sh and scripts/validate.sh (sourced, not run): extraction, anonymizer
 # training, pruning and the audit, under the honest protocol (docs/method.md#protocol). Anonymizers
 # train on the `train` rows of LABELS; the audit's attackers fit on `attacker` and score on `test`.
-# The caller sets OUT, LABELS, ATTRS, RESULTS and the arrays SAMPLING (clip sampling flags), ENCODER
-# (--encoder NAME) and CHECKPOINT_FLAGS (--checkpoint FILE, or nothing for the bundled weights). Files are named NAME-sSEED so scripts/evaluate_report.py can group training seeds.
+# The caller sets OUT, RESULTS and CHECKPOINT_FLAGS (--checkpoint FILE, or nothing for the bundled
+# weights), then calls make_bench (which sets LABELS). Files are named NAME-sSEED so scripts/evaluate_report.py can group training seeds.
 # Every step skips what an earlier run already wrote.
 
+# The protocol's fixed parts: private attributes, clip sampling (4 static clips for the static-clip
+# attacker), the bundled demo encoder.
+ATTRS="dark_skin,striped_shirt,long_hair,hat"
+SAMPLING=(--frame-stride 2 --clip-stride 8 --static-clips 4)
+ENCODER=(--encoder videomae-demo)
+
 log() { echo "[$(basename "$0" .sh) $(date +%H:%M:%S)] $*" >&2; }
+
+default_w_attr() {  # the supervised adapter's default privacy weight, as train-adapter reads it
+    python -c "from anonfeat.adapter.options import AdapterTrainOptions as O; print(O().w_attr)"
+}
+
+make_bench() {  # make_bench SEED VIDEOS: the synth benchmark with its train/attacker/test split, once
+    mkdir -p "$OUT/stores" "$OUT/models" "$RESULTS"
+    log "synth: $2 videos, seed $1, train/attacker/test split"
+    [ -f "$OUT/bench/labels.csv" ] || anonfeat synth "$OUT/bench" --videos "$2" --frames 48 --seed "$1" -q
+    LABELS="$OUT/bench/labels.csv"
+}
 
 extract_raw() {  # raw features of every video
     [ -f "$OUT/stores/raw.h5" ] && return

@@ -21,17 +21,12 @@ SEED="${VAL_SEED:-21}"
 VIDEOS="${VAL_VIDEOS:-480}"
 KEEP_RATES="${VAL_KEEP_RATES:-0.8 0.9 0.95 0.98}"
 RESULTS="${VAL_RESULTS:-examples/results/validation}"
-ATTRS="dark_skin,striped_shirt,long_hair,hat"
-SAMPLING=(--frame-stride 2 --clip-stride 8 --static-clips 4)
-ENCODER=(--encoder videomae-demo)
 CHECKPOINT_FLAGS=(${CHECKPOINT:+--checkpoint "$CHECKPOINT"})
 # name|flags candidates beside the defaults: supervised adapters, and pruners (each pruned at every keep rate)
 ADAPTER_VARIANTS=("adversary|--attr-loss adversary")
 PRUNER_VARIANTS=("train-all-blocks|--train-blocks 4")
-mkdir -p "$OUT/stores" "$OUT/models" "$RESULTS"
 
-[ -f "$OUT/bench/labels.csv" ] || anonfeat synth "$OUT/bench" --videos "$VIDEOS" --frames 48 --seed "$SEED" -q
-LABELS="$OUT/bench/labels.csv"
+make_bench "$SEED" "$VIDEOS"
 extract_raw
 
 adapters() {
@@ -64,7 +59,7 @@ pruners() {
 
 side_by_side pruners adapters
 audit_all --task action --task lighting
-DEFAULT_W=$(python -c "from anonfeat.adapter.options import AdapterTrainOptions as O; print(O().w_attr)")
+DEFAULT_W=$(default_w_attr)
 python scripts/evaluate_report.py "$RESULTS/audit.json" --bench-seed "$SEED" --videos "$VIDEOS" \
     --pruner-epochs 30 --default-w-attr "$DEFAULT_W" --out "$RESULTS" --no-plot
 log "done: $RESULTS/evaluation.md"

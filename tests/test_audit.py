@@ -229,6 +229,20 @@ def test_user_errors(data, tmp_path):
 
 
 # -- CLI --------------------------------------------------------------------------------------
+def test_class_name_columns_are_named_not_silently_dropped(data, tmp_path):
+    """A column of words (say a gender column never binarized) is no default attribute, and the audit
+    says so instead of reporting the other attributes as if it had looked at it."""
+    words = ["dark" if a else "light" for a in data["attributes"][:, 0]]
+    labels = write_labels(tmp_path / "l.csv", data["attributes"], data["actions"], extra={"skin_tone": words})
+    report = audit_stores([], labels, baseline=data["raw"], seeds=1, epochs=5, device="cpu")
+    assert report.labels.class_columns == ["skin_tone"] and "skin_tone" not in report.attributes
+    assert report.attributes == list(ATTRIBUTES)
+    assert any("skin_tone" in note and "--task" in note for note in report.warnings)
+    named = audit_stores([], labels, baseline=data["raw"], seeds=1, epochs=5, device="cpu",
+                         attributes=list(ATTRIBUTES))  # attributes chosen by name: nothing to say
+    assert not any("skin_tone" in note for note in named.warnings)
+
+
 def test_cli_audit(data, tmp_path):
     from typer.testing import CliRunner
 

@@ -147,7 +147,9 @@ def test_kept_non_binary_column_is_not_an_attribute(tmp_path):
     path = write_csv(tmp_path / "l.csv", ["video", "split", "action", "gender", "face"],
                      [["v", "train", "run", "male", 1], ["w", "test", "run", "female", 0]])
     labels = load_labels(path, keep=["gender"])
-    assert labels.attribute_names == ["face"]
+    assert labels.attribute_names == ["face"] and labels.class_columns == []  # kept on request: not a leftover
+    unkept = load_labels(path)  # a column of class names is no default attribute, and is recorded as such
+    assert unkept.attribute_names == ["face"] and unkept.class_columns == ["gender"]
     assert labels.group_values("gender") == ["male", "female"]
     assert labels.group_values("face") == ["1", "0"]
 

@@ -4,10 +4,10 @@ from them without importing torch (see anonfeat.options)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import (COMPRESSIONS, check_declared, comma_list, device_option, option, progress_option,
+from anonfeat.options import (COMPRESSIONS, attributes_option, check_declared, device_option, option, progress_option,
                               split_seed_option)
 
 METHODS = ("aam", "leace")
@@ -25,9 +25,7 @@ class AdapterTrainOptions:
                           choices=METHODS)
     tasks: tuple[str, ...] = option(("action",), "Utility column to co-train (repeatable).", "--task",
                                     cli_type=List[str], parse=tuple)
-    attributes: list[str] | None = option(None, "Attribute columns a,b,c for --privacy-loss attributes|both "
-                                                "(default: every label column but video, split and tasks).",
-                                          cli_type=Optional[str], parse=comma_list, metavar="A,B,C")
+    attributes: list[str] | None = attributes_option("Attribute columns for --privacy-loss attributes|both:")
     privacy_loss: str = option("ntxent", "ntxent (self-supervised), attributes (supervised, on the labels' "
                                          "attribute columns) or both.", choices=PRIVACY_LOSSES)
     depth: int = option(3, "Attention blocks (paper: 3).", min=1)

@@ -4,10 +4,11 @@ torch (see anonfeat.options)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import ATTACKERS, check_declared, comma_list, device_option, option, split_seed_option
+from anonfeat.options import (ATTACKERS, attributes_option, check_declared, device_option, option,
+                              split_seed_option)
 
 
 
@@ -21,9 +22,7 @@ class AuditOptions:
                               "data).", min=1)
     tasks: tuple[str, ...] = option(("action",), "Utility column (repeatable).", "--task", cli_type=List[str],
                                     parse=tuple)
-    attributes: Sequence[str] | None = option(None, "Private attribute columns a,b,c (default: every label column "
-                                                    "but video, split and tasks).", cli_type=Optional[str],
-                                              parse=comma_list, metavar="A,B,C")
+    attributes: Sequence[str] | None = attributes_option()
     bias_attribute: str | None = option(None, "Report top-1 of the first task per value of this column and the gap "
                                               "between groups.")
     device: Any = device_option()  # a name, or a torch.device from Python

@@ -36,7 +36,7 @@ from anonfeat.audit.options import AuditOptions
 from anonfeat.errors import AnonfeatError
 from anonfeat.labels import Labels, Match, load_labels, match_videos
 from anonfeat.probes import metrics
-from anonfeat.probes.attackers import (ATTACKERS, Samples, Standardizer, TrainConfig, build_attacker, build_probe,
+from anonfeat.probes.attackers import (Samples, Standardizer, TrainConfig, build_attacker, build_probe,
                                        predict_videos, seeded_model, select_samples, train_selected)
 from anonfeat.store import FeatureStore, StoreHeader
 
@@ -438,6 +438,10 @@ def audit_stores(stores: Sequence[str | Path], labels: Labels | str | Path, base
         result.test_seen_by_anonymizer = seen[path]
         results.append(result)
     notes = []
+    if options.attributes is None and labels.class_columns:
+        notes.append(f"{labels.source}: {', '.join(labels.class_columns)} hold class names, not 0/1, so they are "
+                     "not audited as private attributes; binarize a column to audit it, or audit it as a "
+                     "utility task with --task")
     for result in results:
         if result.optimistic:
             notes.append(f"{result.path}: no attacker-split videos, so attackers and probes were fit on the train "

@@ -22,7 +22,9 @@ def evaluable(y_true: np.ndarray) -> np.ndarray:
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    """Sigmoid; a very negative logit overflows exp to inf, which gives the exact limit 0."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
 def cmap(y_true: np.ndarray, scores: np.ndarray) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import (CHECKPOINT_HELP, ExtractOptions, check_declared, check_sampling, clip_len_option,
-                              comma_list, decoder_option, device_option, encoder_option, frame_stride_option, numbers,
+from anonfeat.options import (CHECKPOINT_HELP, ExtractOptions, attributes_option, check_declared, check_sampling, clip_len_option,
+                              decoder_option, device_option, encoder_option, frame_stride_option, numbers,
                               option, progress_option, random_init_option, resize_option, sample_fps_option,
                               split_seed_option, workers_option)
 
@@ -28,8 +28,7 @@ class PrunerTrainOptions:
                                     parse=lambda p: None if p is None else str(p))
     random_init: bool = random_init_option()
     task: str = option("action", "Utility column the action CLS learns.")
-    attributes: list[str] | None = option(None, "Attribute columns a,b,c (default: all).", cli_type=Optional[str],
-                                           parse=comma_list, metavar="A,B,C")
+    attributes: list[str] | None = attributes_option("Attribute columns the privacy CLS learns:")
     privacy_loss: str = option("auto", "attributes (BCE through gradient reversal), ntxent (static clips, no labels "
                                        "needed) or auto (attributes when the labels have them).",
                                choices=PRIVACY_LOSSES)
