@@ -9,7 +9,8 @@
 #     ADAPTER_VARIANTS;
 #   * pruning: a pruner at train-pruner's defaults and one per PRUNER_VARIANTS, each pruned at its trained
 #     keep rates and at each rate in KEEP_RATES (`prune --keep-ratio`, every pruning block); for the
-#     default pruner also the keep-ratio 1.0 control and the action-CLS features.
+#     default pruner also the keep-ratio 1.0 control, the action-CLS features and random-drop controls
+#     (scripts/random_drop_control.py: as many tubelets blackened, chosen at random).
 # Writes OUT/ (stores, models) and examples/results/validation/{audit.json,evaluation.json,evaluation.md}.
 #
 #   bash scripts/validate.sh [OUT]        # about 30 minutes on 2 CPU cores
@@ -20,6 +21,7 @@ OUT="${1:-validation}"
 SEED="${VAL_SEED:-21}"
 VIDEOS="${VAL_VIDEOS:-480}"
 KEEP_RATES="${VAL_KEEP_RATES:-0.8 0.9 0.95 0.98}"
+RANDOM_KEEP_RATES="${VAL_RANDOM_KEEP_RATES:-0.9 0.98}"  # random-drop controls of the default pruner
 RESULTS="${VAL_RESULTS:-examples/results/validation}"
 CHECKPOINT_FLAGS=(${CHECKPOINT:+--checkpoint "$CHECKPOINT"})
 # name|flags candidates beside the defaults: supervised adapters, and pruners (each pruned at every keep rate)
@@ -52,9 +54,18 @@ pruners() {
         if [ "$name" = default ]; then
             pruned_store "$pruner" pruned-default-keep1-s0 --keep-ratio 1.0
             pruned_store "$pruner" pruned-default-action-cls-s0 --features action-cls
+            for keep in $RANDOM_KEEP_RATES; do random_drop "$pruner" "pruned-random-keep$keep-s0" "$keep"; done
         fi
         for keep in $KEEP_RATES; do pruned_store "$pruner" "pruned-$name-keep$keep-s0" --keep-ratio "$keep"; done
     done
+}
+
+random_drop() {  # random_drop PRUNER STORE KEEP: as many tubelets blackened as the pruner drops, at random
+    local store="$OUT/stores/$2.h5"
+    [ -f "$store" ] && return
+    log "random-drop control $2"
+    python scripts/random_drop_control.py "$OUT/bench/videos" --pruner "$1" --out "$store" --keep-ratio "$3" \
+        "${SAMPLING[@]}" "${CHECKPOINT_FLAGS[@]}"
 }
 
 side_by_side pruners adapters
