@@ -166,10 +166,12 @@ def main() -> None:
             ax.plot(x, y, marker=marker, label=label)
             for (w, _), xi, yi in zip(sweep, x, y):
                 ax.annotate(f"w={w:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
-            ax.axhline(raw[f"top1_{task}"], linestyle=":", color=ax.lines[-1].get_color(), linewidth=1)
-        if "leace" in methods:
-            ax.scatter([methods["leace"]["leakage_removed"]["mean"]], [methods["leace"]["top1_action"]["mean"]],
-                       marker="x", color="black", label="LEACE, action top-1", zorder=3)
+            colour = ax.lines[-1].get_color()
+            ax.axhline(raw[f"top1_{task}"], linestyle=":", color=colour, linewidth=1)
+            if "leace" in methods:  # the closed-form baseline, on each task's scale
+                ax.scatter([methods["leace"]["leakage_removed"]["mean"]], [methods["leace"][f"top1_{task}"]["mean"]],
+                           marker="x", color=colour, s=60, zorder=3,
+                           label=f"LEACE, {task} top-1")
         ax.set_xlabel("leakage removed (share of above-chance cMAP, higher is more private)")
         ax.set_ylabel("top-1 (dotted: raw features)")
         ax.set_title(f"Supervised AAM, privacy weight sweep (synth seed {args.bench_seed})", fontsize=10)
