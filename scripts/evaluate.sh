@@ -14,7 +14,7 @@
 # evaluation.md (the tables the README quotes) and privacy_utility.png (the privacy-weight sweep).
 # The adapters and the pruners train in two processes side by side (one core each).
 #
-#   bash scripts/evaluate.sh [OUT]        # about 35 minutes on 2 CPU cores
+#   bash scripts/evaluate.sh [OUT]        # about 25 minutes on 2 CPU cores (22 measured)
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source scripts/protocol.sh
 OUT="${1:-evaluation}"

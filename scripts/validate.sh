@@ -13,7 +13,7 @@
 #     (scripts/random_drop_control.py: as many tubelets blackened, chosen at random).
 # Writes OUT/ (stores, models) and examples/results/validation/{audit.json,evaluation.json,evaluation.md}.
 #
-#   bash scripts/validate.sh [OUT]        # about 30 minutes on 2 CPU cores
+#   bash scripts/validate.sh [OUT]        # about 25 minutes on 2 CPU cores
 #   CHECKPOINT=enc.safetensors bash scripts/validate.sh   # candidate videomae-demo weights
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source scripts/protocol.sh
