@@ -225,8 +225,10 @@ def _build(path: Path, rows: list[dict[str, str]], columns: list[str], default_a
             raise AnonfeatError(f"{path}: {', '.join(clash)} cannot be a private attribute (it is the video, "
                                 "split or a --task column)")
     if not attributes and require_attributes:
-        raise AnonfeatError(f"{path}: no private attribute columns; add 0/1 columns next to video,split,action "
-                            "or name them with --attributes")
+        words = (f" ({', '.join(class_columns)} hold class names, not 0/1: binarize them)" if class_columns
+                 else "")
+        raise AnonfeatError(f"{path}: no private attribute columns{words}; add 0/1 columns next to "
+                            "video,split,action or name them with --attributes")
 
     videos = [_normalize(r[VIDEO]) for r in rows]
     for i, video in enumerate(videos):

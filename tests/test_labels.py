@@ -150,6 +150,10 @@ def test_kept_non_binary_column_is_not_an_attribute(tmp_path):
     assert labels.attribute_names == ["face"] and labels.class_columns == []  # kept on request: not a leftover
     unkept = load_labels(path)  # a column of class names is no default attribute, and is recorded as such
     assert unkept.attribute_names == ["face"] and unkept.class_columns == ["gender"]
+    words_only = write_csv(tmp_path / "w.csv", ["video", "split", "action", "gender"],
+                           [["v", "train", "run", "male"], ["w", "test", "run", "female"]])
+    with pytest.raises(AnonfeatError, match=r"no private attribute columns \(gender hold class names, not 0/1"):
+        load_labels(words_only)  # the refusal names the column it left out
     assert labels.group_values("gender") == ["male", "female"]
     assert labels.group_values("face") == ["1", "0"]
 
