@@ -31,6 +31,7 @@ LABEL_COLUMNS = ("video", "split", "action", *ATTRIBUTES, "lighting")
 # median over the nuisance draws, 130)? Like a day/night or indoor/outdoor label, it is not private.
 LIGHTING = ("dim", "bright")
 _LIGHTING_LUMA = 130.0
+_LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luma weights of an RGB colour
 PARTS = ("head", "arms", "hair", "hat", "shirt", "pants")
 
 # Skin tone class centres (RGB); a per-video jitter keeps the classes apart but not constant.
@@ -338,7 +339,7 @@ def render_video(
     skin = np.clip((_DARK_SKIN if attrs["dark_skin"] else _LIGHT_SKIN) * nz.skin_gain
                    + nz.skin_tint, 0, 255)
     shirt = np.clip(nz.shirt, 0, 255)
-    lum = float(shirt @ np.array([0.299, 0.587, 0.114]))
+    lum = float(shirt @ _LUMA)
     stripe = shirt * 0.35 if lum > 110 else shirt + (255 - shirt) * 0.7
     h = nz.scale * H  # figure height in pixels
     duration = n_frames / fps
@@ -433,7 +434,7 @@ def benchmark_rows(n_videos: int, size: tuple[int, int] = (128, 128), n_frames: 
     for i in range(n_videos):
         rel = f"{actions[i]}/{i:06d}.mp4"
         background = _draw_nuisance(np.random.default_rng(int(video_seeds[i])), size, n_frames).bg
-        bright = float(background @ np.array([0.299, 0.587, 0.114])) >= _LIGHTING_LUMA
+        bright = float(background @ _LUMA) >= _LIGHTING_LUMA
         rows.append({"video": rel, "split": split[i], "action": actions[i],
                      **{a: int(v) for a, v in zip(ATTRIBUTES, attrs[i])}, "lighting": LIGHTING[int(bright)]})
     return rows, video_seeds

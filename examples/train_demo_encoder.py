@@ -44,7 +44,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from anonfeat.encoders import get_config
-from anonfeat.encoders.vit import VideoViT, sinusoid_position_table
+from anonfeat.encoders.vit import VideoViT, sinusoid_position_table, tubelet_rows
+from anonfeat.pruning.data import normalize_clips
 from anonfeat.synth import ACTIONS, make_benchmark
 from anonfeat.video.reader import FrameReader
 
@@ -88,19 +89,6 @@ def mirror(clips: torch.Tensor, actions: torch.Tensor, generator: torch.Generato
     return clips, torch.where(flip, swapped, actions)
 
 
-def normalize(clips: torch.Tensor, cfg) -> torch.Tensor:
-    mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
-    return ((clips.float() / 255 - mean) / std).permute(0, 4, 1, 2, 3)
-
-
-def patchify(x: torch.Tensor, cfg) -> torch.Tensor:
-    """(B, 3, T, H, W) -> (B, N, t*p*p*3) in the tubelet embedding's token order (t, h, w)."""
-    b, c, t, h, w = x.shape
-    tt, p = cfg.tubelet_size, cfg.patch_size
-    x = x.reshape(b, c, t // tt, tt, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, (t // tt) * (h // p) * (w // p), tt * p * p * c)
-
-
 class MaskedAutoencoder(nn.Module):
     """VideoMAE pretraining head: the encoder sees the visible tokens, a small decoder the rest."""
 
@@ -133,7 +121,7 @@ class MaskedAutoencoder(nn.Module):
         full = torch.cat([latent + pos.gather(1, visible[..., None].expand(-1, -1, dim)),
                           self.mask_token + pos.gather(1, hidden[..., None].expand(-1, -1, dim))], dim=1)
         out = self.predict(self.decoder_norm(self.decoder(full)))[:, keep:]
-        target = patchify(x, cfg).gather(1, hidden[..., None].expand(-1, -1, out.shape[-1]))
+        target = tubelet_rows(x, cfg.tubelet).gather(1, hidden[..., None].expand(-1, -1, out.shape[-1]))
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         return F.mse_loss(out, target)
 
@@ -204,7 +192,7 @@ def main() -> None:
             batch = order[i:i + args.batch_size]
             clips, _ = mirror(sample_clips(large[batch], cfg.clip_len, args.frame_stride, generator, cfg.img_size),
                               actions[batch], generator)
-            loss = mae(normalize(clips, cfg), args.mask_ratio, generator)
+            loss = mae(normalize_clips(clips, cfg), args.mask_ratio, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -234,7 +222,7 @@ def main() -> None:
             batch = order[i:i + args.batch_size]
             clips, targets = mirror(sample_clips(large[batch], cfg.clip_len, args.frame_stride, generator,
                                                  cfg.img_size), actions[batch], generator)
-            loss = F.cross_entropy(head(encoder(normalize(clips, cfg))), targets)
+            loss = F.cross_entropy(head(encoder(normalize_clips(clips, cfg))), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -242,7 +230,7 @@ def main() -> None:
             total += loss.item() * len(batch)
         encoder.eval()
         with torch.no_grad():
-            x = normalize(sample_clips(frames[val], cfg.clip_len, args.frame_stride, generator), cfg)
+            x = normalize_clips(sample_clips(frames[val], cfg.clip_len, args.frame_stride, generator), cfg)
             acc = float((head(encoder(x)).argmax(1) == actions[val]).float().mean())
         history.append({"stage": "finetune", "epoch": epoch + 1, "loss": total / len(order), "val_action_top1": acc})
         print(f"finetune {epoch + 1:3d} loss {total / len(order):.3f} val action {acc:.3f} "

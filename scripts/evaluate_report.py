@@ -130,7 +130,8 @@ def main() -> None:
     order += sorted(m for m in methods if m not in order)  # other candidates (scripts/validate.sh), by name
     for m in order:
         s = methods[m]
-        label = METHOD_LABELS.get(m, m.replace("sweep-w", "AAM attributes, `--w-attr ") + "`" if "sweep" in m else f"`{m}`")
+        sweep_label = m.replace("sweep-w", "AAM attributes, `--w-attr ") + "`"
+        label = METHOD_LABELS.get(m, sweep_label if m.startswith("sweep-w") else f"`{m}`")
         cells = [label, fmt(s["cmap"]), fmt(s["static_cmap"]), fmt(s["clip_cmap"]), fmt(s["leakage_removed"], 2),
                  fmt(s["top1_action"]), fmt(s["drop_action"], 1, 100), *(fmt(s[f"top1_{t}"]) for t in unseen)]
         lines.append("| " + " | ".join(cells) + " |")

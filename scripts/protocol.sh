@@ -2,7 +2,8 @@
 # training, pruning and the audit, under the honest protocol (docs/method.md#protocol). Anonymizers
 # train on the `train` rows of LABELS; the audit's attackers fit on `attacker` and score on `test`.
 # The caller sets OUT, RESULTS and CHECKPOINT_FLAGS (--checkpoint FILE, or nothing for the bundled
-# weights), then calls make_bench (which sets LABELS). Files are named NAME-sSEED so scripts/evaluate_report.py can group training seeds.
+# weights), then calls make_bench (which sets LABELS). Files are named NAME-sSEED so that
+# scripts/evaluate_report.py can group training seeds.
 # Every step skips what an earlier run already wrote.
 
 # The protocol's fixed parts: private attributes, clip sampling (4 static clips for the static-clip
@@ -27,8 +28,8 @@ make_bench() {  # make_bench SEED VIDEOS: the synth benchmark with its train/att
 extract_raw() {  # raw features of every video
     [ -f "$OUT/stores/raw.h5" ] && return
     log "extract: raw features"
-    anonfeat extract "$OUT/bench/videos" --out "$OUT/stores/raw.h5" "${ENCODER[@]}" "${CHECKPOINT_FLAGS[@]}" "${SAMPLING[@]}" \
-        --workers 1 --batch-size 32 -q
+    anonfeat extract "$OUT/bench/videos" --out "$OUT/stores/raw.h5" "${ENCODER[@]}" "${CHECKPOINT_FLAGS[@]}" \
+        "${SAMPLING[@]}" --workers 1 --batch-size 32 -q
 }
 
 adapter_store() {  # adapter_store NAME SEED FLAGS...: train on train rows, sanitize the raw store
@@ -47,8 +48,8 @@ pruner_model() {  # pruner_model NAME SEED FLAGS...: train OUT/models/NAME-sSEED
     [ -f "$model" ] && return
     log "train-pruner $name (seed $seed)"
     anonfeat train-pruner "$OUT/bench/videos" -l "$LABELS" --out "$model" "${ENCODER[@]}" "${CHECKPOINT_FLAGS[@]}" \
-        --attributes "$ATTRS" \
-        --frame-stride 2 --seed "$seed" --workers 0 -q "$@" --json "$OUT/models/$name-s$seed.json" >/dev/null
+        --attributes "$ATTRS" --frame-stride 2 --seed "$seed" --workers 0 -q "$@" \
+        --json "$OUT/models/$name-s$seed.json" >/dev/null
 }
 
 pruned_store() {  # pruned_store PRUNER STORE FLAGS...: prune every video into OUT/stores/STORE.h5

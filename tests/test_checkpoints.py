@@ -192,8 +192,8 @@ def test_cli_takes_hub_ids_and_reports_a_cache_miss_in_one_line(hf_saved, offlin
     assert ok.exit_code == 0, ok.output
     with FeatureStore(out) as store:
         assert store.header.checkpoint_sha256 == hashlib.sha256((saved / "model.safetensors").read_bytes()).hexdigest()
-    missing = forked_cli(["extract", str(videos), "--out", str(tmp_path / "x.h5"), "--checkpoint", "test-org/not-cached",
-                          "--no-progress"], tmp_path, setup=lambda: os.environ.update(env))
+    missing = forked_cli(["extract", str(videos), "--out", str(tmp_path / "x.h5"), "--checkpoint",
+                          "test-org/not-cached", "--no-progress"], tmp_path, setup=lambda: os.environ.update(env))
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "test-org/not-cached" in missing.stderr
     assert not (tmp_path / "x.h5").exists()

@@ -31,6 +31,15 @@ def sinusoid_position_table(n_positions: int, dim: int) -> torch.Tensor:
     return table.float()[None]
 
 
+def tubelet_rows(x: torch.Tensor, kernel: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, T, H, W), sizes divisible by the (t, p, q) kernel -> (B, N, C*t*p*q): one row per tubelet,
+    in the tubelet embedding's token order (time, height, width) and its kernel's weight order."""
+    b, c, frames, height, width = x.shape
+    t, p, q = kernel
+    rows = x.reshape(b, c, frames // t, t, height // p, p, width // q, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return rows.reshape(b, (frames // t) * (height // p) * (width // q), c * t * p * q)
+
+
 class TubeletEmbed(nn.Module):
     """Non-overlapping (t, p, p) tubelets -> tokens, with a strided Conv3d's weights (checkpoint layout).
 
@@ -51,10 +60,7 @@ class TubeletEmbed(nn.Module):
 
     def as_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """The same tokens (sizes divisible by the tubelet): each tubelet a row, times the kernel."""
-        b, c, frames, height, width = x.shape
-        t, p, q = self.proj.kernel_size
-        rows = x.reshape(b, c, frames // t, t, height // p, p, width // q, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        rows = rows.reshape(b, (frames // t) * (height // p) * (width // q), c * t * p * q)
+        rows = tubelet_rows(x, self.proj.kernel_size)
         return F.linear(rows, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 from anonfeat.errors import AnonfeatError
-from anonfeat.options import (CHECKPOINT_HELP, ExtractOptions, attributes_option, check_declared, check_sampling, clip_len_option,
-                              decoder_option, device_option, encoder_option, frame_stride_option, numbers,
-                              option, progress_option, random_init_option, resize_option, sample_fps_option,
-                              split_seed_option, workers_option)
+from anonfeat.options import (CHECKPOINT_HELP, ExtractOptions, attributes_option, check_declared, check_sampling,
+                              clip_len_option, decoder_option, device_option, encoder_option, frame_stride_option,
+                              numbers, option, progress_option, random_init_option, resize_option,
+                              sample_fps_option, split_seed_option, workers_option)
 
 PRIVACY_LOSSES = ("auto", "attributes", "ntxent")
 MASKED, ACTION_CLS = "masked", "action-cls"  # prune --features
